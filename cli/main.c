@@ -1,0 +1,188 @@
+/*
+ * main.c - the `warren` command: dispatches subcommands, prints help, and
+ * maps library errors to the documented exit codes. It is the only place
+ * that decides how the process exits.
+ */
+#include "cli.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *usage_main =
+    "usage: warren <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  run -c FILE        run the consumers of FILE (a supervised worker "
+    "pool)\n"
+    "  topology declare|show -c FILE\n"
+    "                     declare or show the queues and exchanges FILE needs\n"
+    "  store stats|forget|prune -c FILE\n"
+    "                     inspect and maintain the message store\n"
+    "  dlq ...            dead letters (reserved; see `warren help dlq`)\n"
+    "  status -c FILE     queue depths and store counts (reserved)\n"
+    "  help [COMMAND]     this text, or a command's\n"
+    "  --version          print the version\n"
+    "\n"
+    "The broker URL comes from WARREN_URL (preferred: keeps credentials off\n"
+    "the command line) or broker.url in the config.\n"
+    "\n"
+    "exit codes:\n"
+    "  0  success (also after SIGTERM/SIGINT with a clean stop)\n"
+    "  1  unexpected runtime failure\n"
+    "  2  bad command line or configuration\n"
+    "  3  broker unreachable\n"
+    "  4  authentication refused\n"
+    "  5  virtual host missing or not permitted\n"
+    "  6  a queue or exchange exists with other arguments\n"
+    "  7  handler failed to load\n"
+    "  8  message store unusable (corrupt, full, locked, read-only)\n"
+    "  9  TLS setup or peer verification failed\n"
+    "  10 some items of a batch operation failed\n";
+
+static const char *usage_run =
+    "usage: warren run -c FILE [--workers N] [--log-level LEVEL]\n"
+    "\n"
+    "Runs every consumer in FILE: \"workers\" processes each (or N), each "
+    "with\n"
+    "its own connection and store handle, supervised and restarted with\n"
+    "backoff if one dies. SIGTERM/SIGINT: finish the messages in hand, "
+    "commit,\n"
+    "ack, close, exit 0. Logs are JSON lines on stderr; LEVEL is debug, info\n"
+    "(default, or $WARREN_LOG_LEVEL), warn or error.\n";
+
+static const char *usage_store =
+    "usage: warren store stats -c FILE [--json]\n"
+    "       warren store forget -c FILE --queue Q --id ID\n"
+    "       warren store prune -c FILE\n"
+    "\n"
+    "stats   rows per queue and state, and the file size\n"
+    "forget  delete the record of one id so it may run again\n"
+    "prune   delete done/dead records older than store.retention_s now\n";
+
+static const char *usage_topology =
+    "usage: warren topology declare -c FILE\n"
+    "       warren topology show -c FILE\n"
+    "\n"
+    "declare  declare every queue, exchange and binding the consumers need\n"
+    "         (idempotent; refuses, saying what differs, if one exists with\n"
+    "         other arguments)\n"
+    "show     print them without touching the broker\n";
+
+static const char *usage_dlq =
+    "usage: warren dlq list|show|replay|purge|export|import ...\n"
+    "\n"
+    "Dead-letter tooling. Not implemented in this build yet.\n";
+
+void cli_error(const char *fmt, ...) {
+    va_list ap;
+    fputs("warren: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_exit_code(int err) {
+    switch (err) {
+    case WARREN_ERR_OK:
+    case WARREN_ERR_STOPPED:
+        return EXIT_OK;
+    case WARREN_ERR_CONFIG:
+    case WARREN_ERR_INVAL:
+        return EXIT_USAGE;
+    case WARREN_ERR_CONNECT:
+    case WARREN_ERR_TIMEOUT:
+        return EXIT_UNREACHABLE;
+    case WARREN_ERR_AUTH:
+        return EXIT_AUTH;
+    case WARREN_ERR_VHOST:
+        return EXIT_VHOST;
+    case WARREN_ERR_PRECONDITION:
+        return EXIT_TOPOLOGY;
+    case WARREN_ERR_HANDLER:
+        return EXIT_HANDLER;
+    case WARREN_ERR_STORE:
+    case WARREN_ERR_STORE_BUSY:
+    case WARREN_ERR_STORE_FULL:
+    case WARREN_ERR_STORE_CORRUPT:
+        return EXIT_STORE;
+    case WARREN_ERR_TLS:
+        return EXIT_TLS;
+    default:
+        return EXIT_FAILURE_RUNTIME;
+    }
+}
+
+warren_config *cli_load_config(const char *path) {
+    warren_config *cfg = NULL;
+    char err[2048];
+    if (path == NULL) {
+        cli_error("missing -c FILE (the config)");
+        return NULL;
+    }
+    if (warren_config_load(path, &cfg, err, sizeof err) != 0) {
+        cli_error("%s", err);
+        return NULL;
+    }
+    return cfg;
+}
+
+static int help(const char *cmd) {
+    if (cmd == NULL) {
+        fputs(usage_main, stdout);
+    } else if (strcmp(cmd, "run") == 0) {
+        fputs(usage_run, stdout);
+    } else if (strcmp(cmd, "store") == 0) {
+        fputs(usage_store, stdout);
+    } else if (strcmp(cmd, "topology") == 0) {
+        fputs(usage_topology, stdout);
+    } else if (strcmp(cmd, "dlq") == 0) {
+        fputs(usage_dlq, stdout);
+    } else if (strcmp(cmd, "status") == 0) {
+        fputs("usage: warren status -c FILE [--json] (reserved)\n", stdout);
+    } else {
+        cli_error("no such command '%s'; try `warren help`", cmd);
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(usage_main, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        printf("warren %s (ABI %d)\n", WARREN_VERSION_STRING,
+               WARREN_ABI_VERSION);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
+        strcmp(cmd, "-h") == 0) {
+        return help(argc > 2 ? argv[2] : NULL);
+    }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            return help(cmd);
+        }
+    }
+    if (strcmp(cmd, "run") == 0) {
+        return cmd_run(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "store") == 0) {
+        return cmd_store(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "topology") == 0) {
+        return cmd_topology(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "dlq") == 0) {
+        return cmd_dlq(argc - 1, argv + 1);
+    }
+    if (strcmp(cmd, "status") == 0) {
+        return cmd_status(argc - 1, argv + 1);
+    }
+    cli_error("unknown command '%s'; try `warren help`", cmd);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,146 @@
+/*
+ * store_cmd.c - `warren store stats|forget|prune`: an operator's view of
+ * the message store, working on the same file the workers use (safe while
+ * they run: every write is its own short BEGIN IMMEDIATE transaction).
+ */
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "store.h"
+
+typedef struct {
+    cJSON *rows; /* --json */
+} stats_ctx;
+
+static void print_row(const char *queue, const char *state, int64_t rows,
+                      void *user) {
+    stats_ctx *sc = user;
+    if (sc->rows) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "queue", queue);
+        cJSON_AddStringToObject(o, "state", state);
+        cJSON_AddNumberToObject(o, "rows", (double)rows);
+        cJSON_AddItemToArray(sc->rows, o);
+    } else {
+        printf("%-32s %-12s %12lld\n", queue, state, (long long)rows);
+    }
+}
+
+static int open_for_cli(const warren_config *cfg, warren__store **st) {
+    char err[1024], host[128] = "localhost";
+    gethostname(host, sizeof host);
+    host[sizeof host - 1] = '\0';
+    warren__store_opts o = {.synchronous = cfg->store.synchronous,
+                            .busy_timeout_ms = cfg->store.busy_timeout_ms,
+                            .lease_s = cfg->store.lease_s,
+                            .owner_host = host,
+                            .owner_pid = (int)getpid()};
+    int rc = warren__store_open(cfg->store.path, &o, st, err, sizeof err);
+    if (rc != 0) {
+        cli_error("%s", err);
+    }
+    return rc;
+}
+
+int cmd_store(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"queue", required_argument, 0, 'q'},
+                                         {"id", required_argument, 0, 'i'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {0, 0, 0, 0}};
+    const char *path = NULL, *queue = NULL, *id = NULL, *sub;
+    int json = 0, opt, rc;
+    if (argc < 2) {
+        cli_error("usage: warren store stats|forget|prune -c FILE");
+        return EXIT_USAGE;
+    }
+    sub = argv[1];
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "c:q:i:j", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'q':
+            queue = optarg;
+            break;
+        case 'i':
+            id = optarg;
+            break;
+        case 'j':
+            json = 1;
+            break;
+        default:
+            return EXIT_USAGE;
+        }
+    }
+    if (strcmp(sub, "stats") && strcmp(sub, "forget") && strcmp(sub, "prune")) {
+        cli_error("store: unknown subcommand '%s' (stats, forget, prune)", sub);
+        return EXIT_USAGE;
+    }
+    if (strcmp(sub, "forget") == 0 && (queue == NULL || id == NULL)) {
+        cli_error("store forget: needs --queue Q and --id ID");
+        return EXIT_USAGE;
+    }
+    warren_config *cfg = cli_load_config(path);
+    if (cfg == NULL) {
+        return EXIT_USAGE;
+    }
+    warren__store *st = NULL;
+    rc = open_for_cli(cfg, &st);
+    if (rc == 0 && strcmp(sub, "stats") == 0) {
+        stats_ctx sc = {json ? cJSON_CreateArray() : NULL};
+        struct stat sb;
+        long long size = stat(cfg->store.path, &sb) == 0 ? sb.st_size : -1;
+        if (!json) {
+            printf("store %s (%lld bytes)\n", cfg->store.path, size);
+            printf("%-32s %-12s %12s\n", "QUEUE", "STATE", "ROWS");
+        }
+        rc = warren__store_stats(st, print_row, &sc);
+        if (json && rc == 0) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "path", cfg->store.path);
+            cJSON_AddNumberToObject(o, "bytes", (double)size);
+            cJSON_AddItemToObject(o, "rows", sc.rows);
+            char *text = cJSON_Print(o);
+            puts(text);
+            cJSON_free(text);
+            cJSON_Delete(o);
+        } else if (sc.rows) {
+            cJSON_Delete(sc.rows);
+        }
+    } else if (rc == 0 && strcmp(sub, "forget") == 0) {
+        rc = warren__store_forget(st, queue, id, warren__now_ms());
+        if (rc == 0) {
+            printf("forgot %s/%s: it will run again if delivered\n", queue, id);
+        }
+    } else if (rc == 0) {
+        int total = 0, deleted;
+        do {
+            rc = warren__store_prune(st, warren__now_ms(),
+                                     cfg->store.retention_s, 1000, &deleted);
+            total += rc == 0 ? deleted : 0;
+        } while (rc == 0 && deleted == 1000);
+        if (rc == 0) {
+            printf("pruned %d records older than %u s\n", total,
+                   cfg->store.retention_s);
+        }
+    }
+    if (rc != 0 && st) {
+        cli_error("%s", warren__store_errstr(st));
+    }
+    warren__store_close(st);
+    warren_config_free(cfg);
+    if (rc == WARREN_ERR_NOT_FOUND) {
+        return EXIT_FAILURE_RUNTIME;
+    }
+    return cli_exit_code(rc);
+}

@@ -1,0 +1,39 @@
+/*
+ * msg.h - the message a handler sees, as the worker fills it (internal).
+ *
+ * A warren_msg points into memory owned by the AMQP session (decoded
+ * properties, header table) and into a per-slot body buffer the worker
+ * reuses across deliveries; nothing here is freed per message. Everything
+ * stays valid until the worker finishes the batch the message belongs to.
+ */
+#ifndef WARREN_MSG_H
+#define WARREN_MSG_H
+
+#include "warren.h"
+
+#include <amqp.h>
+#include <stdint.h>
+
+struct warren_msg {
+    const char *queue;
+    const char *exchange; /* "" for the default exchange */
+    const char *routing_key;
+    const char *content_type;    /* NULL if absent */
+    const char *correlation_id;  /* NULL if absent */
+    const char *amqp_message_id; /* the message_id property, NULL if absent */
+    const char *id;              /* the dedup id; NULL when running without */
+    const uint8_t *body;         /* never NULL */
+    size_t body_len;
+    uint64_t body_size_announced; /* from the content header */
+    int attempt;
+    int redelivered;
+    uint64_t delivery_tag;
+    amqp_basic_properties_t *props; /* full properties, for copies */
+    const amqp_table_t *headers;    /* never NULL (empty table) */
+};
+
+/* Finds header `name` in `t`; NULL if absent. */
+const amqp_field_value_t *warren__table_find(const amqp_table_t *t,
+                                             const char *name);
+
+#endif /* WARREN_MSG_H */

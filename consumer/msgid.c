@@ -1,0 +1,330 @@
+/*
+ * msgid.c - derives the id a message is deduplicated on, per the consumer's
+ * "message_id" and "on_missing_id" policies.
+ *
+ * An id is used exactly as found or not at all: an empty id, one longer
+ * than WARREN__ID_MAX bytes, or one that is not strict UTF-8 (or contains a
+ * NUL) is treated like a missing one, with a reason naming the policy and
+ * what was wrong. Never allocates except inside cJSON for "json:" policies,
+ * and never fails: every outcome is a verdict.
+ */
+#include "msgid.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+
+int warren__utf8_valid(const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    if (s == NULL) {
+        return len == 0;
+    }
+    while (i < len) {
+        unsigned c = p[i];
+        unsigned need;
+        uint32_t cp, min;
+        if (c == 0) {
+            return 0;
+        }
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+            cp = c & 0x1F;
+            min = 0x80;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            cp = c & 0x0F;
+            min = 0x800;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            cp = c & 0x07;
+            min = 0x10000;
+        } else {
+            return 0; /* continuation byte, C0/C1 overlong lead, or > F4 */
+        }
+        if (len - i <= need) {
+            return 0;
+        }
+        for (unsigned k = 1; k <= need; k++) {
+            if ((p[i + k] & 0xC0) != 0x80) {
+                return 0;
+            }
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        /* Overlong encodings would let two byte strings name one id;
+         * surrogates and values above U+10FFFF are not characters. */
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            return 0;
+        }
+        i += need + 1;
+    }
+    return 1;
+}
+
+static int sha256_hex(const void *data, size_t len, char out[65]) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(data ? data : "", len, md, &mdlen, EVP_sha256(), NULL) !=
+            1 ||
+        mdlen != 32) {
+        out[0] = '\0';
+        return -1;
+    }
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 0x0F];
+    }
+    out[64] = '\0';
+    return 0;
+}
+
+void warren__sha256_hex(const void *data, size_t len, char out[65]) {
+    (void)sha256_hex(data, len, out);
+}
+
+/* Copies a candidate id into `out` if usable; otherwise explains in `why`.
+ * Returns 1 if usable. */
+static int accept_id(const char *id, size_t len, char *out, char *why,
+                     size_t whylen) {
+    if (len == 0) {
+        snprintf(why, whylen, "is empty");
+        return 0;
+    }
+    if (len > WARREN__ID_MAX) {
+        snprintf(why, whylen, "is %zu bytes, longer than %d", len,
+                 WARREN__ID_MAX);
+        return 0;
+    }
+    if (!warren__utf8_valid(id, len)) {
+        snprintf(why, whylen, "is not valid UTF-8 (or contains a NUL byte)");
+        return 0;
+    }
+    memcpy(out, id, len);
+    out[len] = '\0';
+    return 1;
+}
+
+static int from_property(const struct warren_msg *msg, char *out, char *why,
+                         size_t whylen) {
+    if (msg->amqp_message_id == NULL) {
+        snprintf(why, whylen, "no message_id property");
+        return 0;
+    }
+    char detail[96];
+    if (accept_id(msg->amqp_message_id, strlen(msg->amqp_message_id), out,
+                  detail, sizeof detail)) {
+        return 1;
+    }
+    snprintf(why, whylen, "the message_id property %s", detail);
+    return 0;
+}
+
+static const char *type_name(warren_hdr_type t) {
+    switch (t) {
+    case WARREN_HDR_DOUBLE:
+        return "a floating-point number";
+    case WARREN_HDR_BOOL:
+        return "a boolean";
+    case WARREN_HDR_TIMESTAMP:
+        return "a timestamp";
+    default:
+        return "a table, array, decimal, void or oversized integer";
+    }
+}
+
+static int from_header(const struct warren_msg *msg, const char *name,
+                       char *out, char *why, size_t whylen) {
+    char detail[96];
+    const char *val = NULL;
+    size_t len = 0;
+    int64_t num = 0;
+    warren_hdr_type t = warren_msg_header_type(msg, name);
+    switch (t) {
+    case WARREN_HDR_NONE:
+        snprintf(why, whylen, "no header '%s'", name);
+        return 0;
+    case WARREN_HDR_STRING:
+    case WARREN_HDR_BYTES:
+        (void)warren_msg_header_str(msg, name, &val, &len);
+        if (accept_id(val, len, out, detail, sizeof detail)) {
+            return 1;
+        }
+        snprintf(why, whylen, "header '%s' %s", name, detail);
+        return 0;
+    case WARREN_HDR_INT:
+        (void)warren_msg_header_int(msg, name, &num);
+        snprintf(out, WARREN__ID_MAX + 1, "%" PRId64, num);
+        return 1;
+    default:
+        snprintf(why, whylen, "header '%s' is %s, not a string or integer",
+                 name, type_name(t));
+        return 0;
+    }
+}
+
+/* Walks the dotted `path` from `root`; NULL (with `why`) if absent. */
+static const cJSON *walk(const cJSON *root, const char *path, char *why,
+                         size_t whylen) {
+    const cJSON *cur = root;
+    const char *p = path;
+    char seg[WARREN__ID_MAX + 1];
+    for (;;) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        if (n == 0 || n >= sizeof seg) {
+            snprintf(why, whylen, "JSON path '%s' is malformed", path);
+            return NULL;
+        }
+        memcpy(seg, p, n);
+        seg[n] = '\0';
+        if (!cJSON_IsObject(cur)) {
+            snprintf(why, whylen,
+                     "JSON path '%s': the value before '%s' is not an object",
+                     path, seg);
+            return NULL;
+        }
+        cur = cJSON_GetObjectItemCaseSensitive(cur, seg);
+        if (cur == NULL) {
+            snprintf(why, whylen, "JSON path '%s' not found in the body", path);
+            return NULL;
+        }
+        if (dot == NULL) {
+            return cur;
+        }
+        p = dot + 1;
+    }
+}
+
+static int from_json(const struct warren_msg *msg, const char *path, char *out,
+                     char *why, size_t whylen) {
+    size_t blen = 0;
+    const char *body = warren_msg_body(msg, &blen);
+    char detail[96];
+    int ok = 0;
+    /* cJSON refuses nesting beyond CJSON_NESTING_LIMIT (1000) instead of
+     * recursing on, so a hostile body cannot exhaust the stack here. */
+    cJSON *root = cJSON_ParseWithLength(body, blen);
+    if (root == NULL) {
+        snprintf(why, whylen,
+                 "body is not valid JSON (or nested too deeply) for path "
+                 "'%s'",
+                 path);
+        return 0;
+    }
+    if (!cJSON_IsObject(root)) {
+        snprintf(why, whylen, "body is not a JSON object (path '%s')", path);
+        cJSON_Delete(root);
+        return 0;
+    }
+    const cJSON *v = walk(root, path, why, whylen);
+    if (v == NULL) {
+        /* why is set */
+    } else if (cJSON_IsString(v)) {
+        ok = accept_id(v->valuestring, strlen(v->valuestring), out, detail,
+                       sizeof detail);
+        if (!ok) {
+            snprintf(why, whylen, "JSON path '%s' %s", path, detail);
+        }
+    } else if (cJSON_IsNumber(v)) {
+        /* cJSON keeps numbers as doubles: only integers it holds exactly
+         * (|n| <= 2^53) can be turned back into the digits that were sent. */
+        double d = v->valuedouble;
+        if (d != floor(d) || fabs(d) > 9007199254740992.0) {
+            snprintf(why, whylen,
+                     "JSON path '%s' is a number that is not an integer of "
+                     "at most 2^53",
+                     path);
+        } else {
+            snprintf(out, WARREN__ID_MAX + 1, "%lld", (long long)d);
+            ok = 1;
+        }
+    } else {
+        snprintf(why, whylen,
+                 "JSON path '%s' is not a string or integer (object, array, "
+                 "boolean or null)",
+                 path);
+    }
+    cJSON_Delete(root);
+    return ok;
+}
+
+static const char *policy_name(const warren__consumer_cfg *c, char *buf,
+                               size_t len) {
+    switch (c->id_source) {
+    case WARREN__ID_PROPERTY:
+        return "property";
+    case WARREN__ID_HEADER:
+        snprintf(buf, len, "header:%s", c->id_arg ? c->id_arg : "");
+        return buf;
+    case WARREN__ID_JSON:
+        snprintf(buf, len, "json:%s", c->id_arg ? c->id_arg : "");
+        return buf;
+    default:
+        return "sha256";
+    }
+}
+
+warren__id_verdict warren__msgid_extract(const warren__consumer_cfg *c,
+                                         const struct warren_msg *msg,
+                                         char *out, char *why, size_t whylen) {
+    char problem[512];
+    char pname[WARREN__ID_MAX + 16];
+    size_t blen = 0;
+    const void *body = warren_msg_body(msg, &blen);
+    int ok = 0;
+    out[0] = '\0';
+    problem[0] = '\0';
+    switch (c->id_source) {
+    case WARREN__ID_PROPERTY:
+        ok = from_property(msg, out, problem, sizeof problem);
+        break;
+    case WARREN__ID_HEADER:
+        ok = from_header(msg, c->id_arg ? c->id_arg : "", out, problem,
+                         sizeof problem);
+        break;
+    case WARREN__ID_JSON:
+        ok = from_json(msg, c->id_arg ? c->id_arg : "", out, problem,
+                       sizeof problem);
+        break;
+    case WARREN__ID_SHA256:
+        ok = sha256_hex(body, blen, out) == 0;
+        if (!ok) {
+            snprintf(problem, sizeof problem, "SHA-256 of the body failed");
+        }
+        break;
+    }
+    if (ok) {
+        return WARREN__ID_USE;
+    }
+    out[0] = '\0';
+    const char *pol = policy_name(c, pname, sizeof pname);
+    switch (c->on_missing_id) {
+    case WARREN__MISSING_HASH:
+        if (sha256_hex(body, blen, out) == 0) {
+            return WARREN__ID_USE;
+        }
+        snprintf(why, whylen,
+                 "message id unusable (message_id \"%s\"): %s; SHA-256 "
+                 "fallback failed",
+                 pol, problem);
+        return WARREN__ID_REJECT;
+    case WARREN__MISSING_PROCESS:
+        snprintf(why, whylen,
+                 "message id unusable (message_id \"%s\"): %s; processing "
+                 "without dedup",
+                 pol, problem);
+        return WARREN__ID_NONE;
+    default:
+        snprintf(why, whylen, "message id unusable (message_id \"%s\"): %s",
+                 pol, problem);
+        return WARREN__ID_REJECT;
+    }
+}

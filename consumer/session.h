@@ -1,0 +1,116 @@
+/*
+ * session.h - the AMQP seam: every call into rabbitmq-c lives in session.c.
+ *
+ * A session is one connection with one channel, used from one thread. It
+ * runs its own frame dispatcher instead of rabbitmq-c's consume helper, so
+ * that deliveries, publisher confirms (basic.ack/nack), basic.return,
+ * consumer cancels, channel/connection closes and connection.blocked are all
+ * seen, whichever arrives first. Broker refusals are translated here into
+ * WARREN_ERR_* codes with the broker's own text kept in the error string.
+ */
+#ifndef WARREN_SESSION_H
+#define WARREN_SESSION_H
+
+#include "config.h"
+#include "msg.h"
+#include "topology.h"
+
+#include <amqp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct warren__session warren__session;
+
+/* Connects to cfg->broker.urls[url_index] (amqp:// or amqps://, peer
+ * verified unless the config turns it off), logs in with the client
+ * capabilities advertised, opens the channel and enables publisher
+ * confirms. On failure returns CONNECT / AUTH / VHOST / TLS / TIMEOUT and
+ * writes a message (password redacted, saying what to do) into `err`. */
+int warren__session_connect(const struct warren_config *cfg, int url_index,
+                            warren__session **out, char *err, size_t errlen);
+void warren__session_free(warren__session *s); /* closes; NULL no-op */
+const char *warren__session_errstr(const warren__session *s);
+uint32_t warren__session_frame_max(const warren__session *s);
+/* 1 once the connection or channel is unusable: build a new session. */
+int warren__session_broken(const warren__session *s);
+/* 1 while the broker has blocked publishing (connection.blocked). */
+int warren__session_blocked(const warren__session *s);
+
+/* Executes a topology plan. A queue existing with other arguments returns
+ * WARREN_ERR_PRECONDITION with the broker's text and which argument differs.
+ * (The channel is reopened after such a refusal.) */
+int warren__session_apply(warren__session *s, const warren__topo_op *ops,
+                          int n);
+/* Passive declare: sets message and consumer counts, NOT_FOUND if none. */
+int warren__session_queue_info(warren__session *s, const char *queue,
+                               uint32_t *messages, uint32_t *consumers);
+int warren__session_queue_purge(warren__session *s, const char *queue);
+int warren__session_queue_delete(warren__session *s, const char *queue);
+
+int warren__session_qos(warren__session *s, uint16_t prefetch);
+int warren__session_consume(warren__session *s, const char *queue);
+/* basic.cancel: no more deliveries after those already sent. */
+int warren__session_cancel(warren__session *s);
+
+/* A delivery, filled by next() or get(). Everything it points to is owned
+ * by the delivery itself (its body buffer and its pool, both reused by the
+ * next fill), so it survives the connection's buffer releases. Zero it, or
+ * call warren__delivery_init(), before first use. */
+typedef struct warren__delivery {
+    struct warren_msg msg;
+    uint8_t *body; /* grown as needed, reused */
+    size_t body_cap;
+    char exchange[WARREN__NAME_MAX];
+    char routing_key[WARREN__NAME_MAX];
+    char content_type[WARREN__NAME_MAX];
+    char correlation_id[WARREN__NAME_MAX];
+    char message_id[WARREN__NAME_MAX];
+    amqp_basic_properties_t props; /* deep copy, in `pool` */
+    amqp_pool_t pool;
+    int pool_ready;
+    int too_large;                 /* body over the limit: drained, not kept */
+    struct warren__delivery *next; /* the session's pending list */
+} warren__delivery;
+
+void warren__delivery_init(warren__delivery *d);
+void warren__delivery_free(warren__delivery *d); /* buffers; NULL no-op */
+
+/* Waits up to `timeout_ms` (0: only what is already buffered or readable
+ * now) for the next delivery. Returns 1 with `d` filled, 0 on timeout, or a
+ * negative error (CONNECTION, CHANNEL, CANCELLED, ...). Bodies over
+ * `max_body` are drained, with `too_large` set and the first bytes kept.
+ * Confirms and returns arriving meanwhile are recorded. Heartbeats are
+ * serviced. */
+int warren__session_next(warren__session *s, warren__delivery *d,
+                         uint64_t max_body, int timeout_ms);
+/* 1 if another delivery may be read without blocking. */
+int warren__session_pending(warren__session *s);
+/* Gives back memory rabbitmq-c holds for frames already consumed. */
+void warren__session_release(warren__session *s);
+/* Reads whatever frames are ready without blocking (deliveries go to the
+ * pending list), which also sends heartbeats that are due. */
+int warren__session_service(warren__session *s);
+
+int warren__session_ack(warren__session *s, uint64_t tag, int multiple);
+int warren__session_nack(warren__session *s, uint64_t tag, int multiple,
+                         int requeue);
+
+/* Publishes persistently, mandatory, with confirms. `props` may be NULL
+ * (then delivery_mode=2 and nothing else). Returns the confirm sequence
+ * number in `*seq`. Does not wait. */
+int warren__session_publish(warren__session *s, const char *exchange,
+                            const char *routing_key,
+                            const amqp_basic_properties_t *props,
+                            const void *body, size_t len, uint64_t *seq);
+/* Waits until every publish so far is confirmed, up to `timeout_ms`.
+ * Returns 0 if all were acked and none returned; WARREN_ERR_PUBLISH if any
+ * was nacked or returned unroutable (the text says which); TIMEOUT; or a
+ * connection error. Deliveries arriving meanwhile are queued for next(). */
+int warren__session_wait_confirms(warren__session *s, int timeout_ms);
+
+/* Reads one message with basic.get (no consumer): 1 and `d` filled, 0 if
+ * the queue is empty. Used by the dlq tool. */
+int warren__session_get(warren__session *s, const char *queue,
+                        warren__delivery *d, uint64_t max_body);
+
+#endif /* WARREN_SESSION_H */

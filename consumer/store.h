@@ -1,0 +1,142 @@
+/*
+ * store.h - the SQLite message store (internal): dedup, per-message state
+ * machine, authoritative attempt counts, leases and poison detection.
+ *
+ * One warren__store is one sqlite3 connection, opened by the process that
+ * uses it (never carried across fork). Several processes may share one file:
+ * WAL mode, a busy timeout, and BEGIN IMMEDIATE for every write transaction.
+ * The key of a record is (queue, id). States and legal transitions:
+ *
+ *   (none) -> processing            first claim
+ *   processing -> processing        lease takeover (owner dead, lease expired,
+ *                                   or the owner is this very process)
+ *   processing -> done | retrying | dead    outcome
+ *   retrying -> processing          the retry arrives
+ *   dead, done -> (deleted)         only by forget / replay / retention
+ *
+ * Any other transition is refused by a trigger in SQL, not only here.
+ * All functions return 0 or a negative WARREN_ERR_*; the detail (always
+ * naming the file) is in warren__store_errstr(), overwritten by the next
+ * failure. SQLITE_BUSY maps to WARREN_ERR_STORE_BUSY, SQLITE_FULL to
+ * WARREN_ERR_STORE_FULL, corrupt/not-a-database/newer-schema/read-only to
+ * WARREN_ERR_STORE_CORRUPT (read-only: WARREN_ERR_STORE).
+ */
+#ifndef WARREN_STORE_H
+#define WARREN_STORE_H
+
+#include "config.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sqlite3;
+typedef struct warren__store warren__store;
+
+/* Longest id kept; longer ids are refused by the id policy (msgid.c). */
+#define WARREN__ID_MAX 256
+
+typedef struct {
+    warren__sync_mode synchronous;
+    uint32_t busy_timeout_ms;
+    uint32_t lease_s;
+    const char *owner_host; /* copied; identifies this worker's claims */
+    int owner_pid;
+    /* Seam for tests: is process `pid` on this host alive? NULL uses
+     * kill(pid, 0). A claim held by a dead owner may be taken over at once,
+     * without waiting for its lease to expire. */
+    int (*pid_alive)(int pid, void *user);
+    void *pid_alive_user;
+} warren__store_opts;
+
+/* Opens (creating mode 0600 if missing, together with -wal/-shm) and
+ * migrates the store at `path`. On failure returns an error, sets `*out` to
+ * NULL and writes a message naming the file and the fix into `err`. */
+int warren__store_open(const char *path, const warren__store_opts *opts,
+                       warren__store **out, char *err, size_t errlen);
+void warren__store_close(warren__store *s); /* NULL is a no-op */
+const char *warren__store_errstr(const warren__store *s);
+const char *warren__store_path(const warren__store *s);
+
+typedef enum {
+    WARREN__CLAIM_RUN = 0,   /* claimed by us: run the handler */
+    WARREN__CLAIM_DUPLICATE, /* done already: ack without running */
+    WARREN__CLAIM_DEAD,      /* dead already (its copy is in the DLQ): ack */
+    WARREN__CLAIM_BUSY,      /* held by another live worker: defer */
+    WARREN__CLAIM_POISON     /* deliveries > max_deliveries: dead-letter */
+} warren__claim_status;
+
+typedef struct {
+    /* in */
+    const char *queue;
+    const char *id; /* NUL-terminated, valid UTF-8, <= WARREN__ID_MAX */
+    /* out */
+    warren__claim_status status;
+    int attempt;                /* attempt number of this delivery (>= 1) */
+    int deliveries;             /* claims since the last outcome, incl. this */
+    int64_t first_failed_at_ms; /* 0: never failed */
+    char last_error[256];       /* last recorded reason, "" if none */
+} warren__claim;
+
+/* Claims `n` deliveries in one write transaction (committed on return).
+ * For each entry sets status and the counters. `max_deliveries` is the
+ * poison threshold: a claim that would make `deliveries` exceed it gets
+ * WARREN__CLAIM_POISON (the record stays processing until the dead outcome
+ * is recorded). On error nothing is claimed. */
+int warren__store_claim_batch(warren__store *s, warren__claim *claims, size_t n,
+                              int max_deliveries, int64_t now_ms);
+
+/* Group commit of outcomes and claims: like claim_batch, but if an outcome
+ * transaction is open (begin() and record() since), the claims join it and
+ * one commit makes both durable, saving a sync per batch. On error both are
+ * rolled back: ack none of those outcomes. With no transaction open it is
+ * claim_batch. Handler savepoints must be released or rolled back first. */
+int warren__store_claim_and_commit(warren__store *s, warren__claim *claims,
+                                   size_t n, int max_deliveries,
+                                   int64_t now_ms);
+
+/* Outcome transaction. begin() opens BEGIN IMMEDIATE (no-op if open);
+ * commit() makes every outcome recorded since durable per `synchronous`;
+ * rollback() discards them. Handler savepoints nest inside it. */
+int warren__store_begin(warren__store *s);
+int warren__store_commit(warren__store *s);
+void warren__store_rollback(warren__store *s);
+int warren__store_in_txn(const warren__store *s);
+int warren__store_savepoint(warren__store *s); /* SAVEPOINT handler */
+int warren__store_savepoint_release(warren__store *s);
+int warren__store_savepoint_rollback(warren__store *s); /* and release */
+
+typedef enum {
+    WARREN__OUT_DONE = 0,
+    WARREN__OUT_RETRYING,
+    WARREN__OUT_DEAD,
+    WARREN__OUT_RELEASE /* give the claim back without an outcome (defer,
+                           shutdown): state returns to what it was */
+} warren__outcome_kind;
+
+/* Records one outcome inside the open transaction (begin() first). `error`
+ * may be NULL. An illegal transition returns WARREN_ERR_STORE. */
+int warren__store_record(warren__store *s, const char *queue, const char *id,
+                         warren__outcome_kind kind, const char *error,
+                         int64_t now_ms);
+
+/* Deletes `done`/`dead` records older than retention, at most `limit` rows
+ * in one short transaction. Sets `*deleted`. Call repeatedly. */
+int warren__store_prune(warren__store *s, int64_t now_ms, uint32_t retention_s,
+                        int limit, int *deleted);
+
+/* Deletes the record of (queue, id) whatever its state except processing
+ * under a live lease (WARREN_ERR_STORE_BUSY). Missing: WARREN_ERR_NOT_FOUND.
+ * Used by `warren store forget` and by dlq replay. */
+int warren__store_forget(warren__store *s, const char *queue, const char *id,
+                         int64_t now_ms);
+
+/* Rows per (queue, state). Calls `fn` once per pair. */
+int warren__store_stats(warren__store *s,
+                        void (*fn)(const char *queue, const char *state,
+                                   int64_t rows, void *user),
+                        void *user);
+
+/* The connection, for the transactional inbox (warren_ctx_db). */
+struct sqlite3 *warren__store_db(warren__store *s);
+
+#endif /* WARREN_STORE_H */
