@@ -398,7 +398,16 @@ static int setup(warren__store *s, const warren__store_opts *opts) {
     sqlite3_busy_timeout(
         s->db,
         (int)(s->busy_timeout_ms > INT_MAX ? INT_MAX : s->busy_timeout_ms));
-    rc = query_text(s, "PRAGMA journal_mode=WAL", buf, sizeof buf);
+    /* Switching a new file to WAL takes an exclusive lock, and SQLite can
+     * answer BUSY here without consulting the busy handler when several
+     * workers open a fresh store at once: retry within the busy timeout. */
+    for (uint32_t waited = 0;; waited += 10) {
+        rc = query_text(s, "PRAGMA journal_mode=WAL", buf, sizeof buf);
+        if (rc != WARREN_ERR_STORE_BUSY || waited >= s->busy_timeout_ms) {
+            break;
+        }
+        sqlite3_sleep(10);
+    }
     if (rc != 0) {
         return rc;
     }

@@ -221,9 +221,66 @@ static void test_four_processes_win_each_id_exactly_once(void **state) {
     rmdir(dir);
 }
 
+/* Regression: several workers starting together on a store file that does
+ * not exist yet all open it (switching a new file to WAL once answered
+ * SQLITE_BUSY at once, and the pool stopped with a store error). */
+static void test_processes_opening_a_new_store_at_once_all_succeed(
+    void **state) {
+    (void)state;
+    enum { OPENERS = 8, ROUNDS = 5 };
+    for (int round = 0; round < ROUNDS; round++) {
+        char dir[] = "/tmp/warren_store_open_XXXXXX";
+        char path[128], p[160];
+        int start[2];
+        pid_t pids[OPENERS];
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/store.db", dir);
+        assert_int_equal(pipe(start), 0);
+        for (int w = 0; w < OPENERS; w++) {
+            pids[w] = fork();
+            assert_true(pids[w] >= 0);
+            if (pids[w] == 0) {
+                char c, err[512];
+                warren__store *st = NULL;
+                warren__store_opts o = {.synchronous = WARREN__SYNC_FULL,
+                                        .busy_timeout_ms = 5000,
+                                        .lease_s = 60,
+                                        .owner_host = "test",
+                                        .owner_pid = (int)getpid()};
+                close(start[1]);
+                if (read(start[0], &c, 1) < 0) {
+                    _exit(CHILD_PIPE);
+                }
+                int rc = warren__store_open(path, &o, &st, err, sizeof err);
+                if (rc != 0) {
+                    fprintf(stderr, "open failed: %s\n", err);
+                }
+                warren__store_close(st);
+                _exit(rc == 0 ? CHILD_OK : CHILD_OPEN);
+            }
+        }
+        close(start[0]);
+        close(start[1]); /* all children wake at once */
+        for (int w = 0; w < OPENERS; w++) {
+            int status = 0;
+            assert_int_equal(waitpid(pids[w], &status, 0), pids[w]);
+            assert_true(WIFEXITED(status));
+            assert_int_equal(WEXITSTATUS(status), CHILD_OK);
+        }
+        const char *sfx[] = {"", "-wal", "-shm"};
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(p, sizeof p, "%s%s", path, sfx[i]);
+            unlink(p);
+        }
+        rmdir(dir);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_four_processes_win_each_id_exactly_once),
+        cmocka_unit_test(
+            test_processes_opening_a_new_store_at_once_all_succeed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
