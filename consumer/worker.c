@@ -785,9 +785,19 @@ static int process_batch(warren_worker *w, int n) {
     }
     run_handlers(w, n);
     publish_copies(w, n);
-    if (warren__session_broken(w->sess)) {
-        warren__store_rollback(w->store);
-        return WARREN_ERR_CONNECTION;
+    int broken = warren__session_broken(w->sess);
+    if (broken) {
+        /* The originals cannot be acked on this connection and come back.
+         * Outcomes of handlers that ran are still recorded, so that their
+         * redeliveries are duplicates and no effect runs twice; what needed
+         * the broker (a nack into the retry queue) is released instead. */
+        for (int i = 0; i < n; i++) {
+            fate f = w->items[i].fate;
+            if (w->c->retry.mode == WARREN__RETRY_NACK &&
+                (f == FATE_RETRY || f == FATE_DEFER)) {
+                w->items[i].fate = FATE_REQUEUE;
+            }
+        }
     }
     if (w->store) {
         rc = record_outcomes(w, n);
@@ -798,14 +808,19 @@ static int process_batch(warren_worker *w, int n) {
                         "recording outcomes failed, nothing of this batch is "
                         "acked and it will be redelivered: %s",
                         warren__store_errstr(w->store));
-            warren__session_nack(w->sess, w->slots[n - 1].msg.delivery_tag, 1,
-                                 1);
+            if (!broken) {
+                warren__session_nack(w->sess, w->slots[n - 1].msg.delivery_tag,
+                                     1, 1);
+            }
             if (rc == WARREN_ERR_STORE_BUSY) {
-                return 0;
+                return broken ? WARREN_ERR_CONNECTION : 0;
             }
             set_err(w, "%s", warren__store_errstr(w->store));
             return rc;
         }
+    }
+    if (broken) {
+        return WARREN_ERR_CONNECTION;
     }
     rc = settle(w, n);
     count_and_log(w, n);
@@ -967,7 +982,7 @@ static void sleep_ms(warren_worker *w, int64_t ms) {
 }
 
 int warren_worker_run(warren_worker *w) {
-    int rc, ever_connected = 0;
+    int rc, ever_connected = 0, first_tries = 0;
     int64_t backoff_ms = RECONNECT_MIN_MS;
     w->err[0] = '\0';
     if (gethostname(w->host, sizeof w->host) != 0) {
@@ -995,6 +1010,12 @@ int warren_worker_run(warren_worker *w) {
         if (rc != 0) {
             int fatal = rc == WARREN_ERR_PRECONDITION ||
                         rc == WARREN_ERR_CONFIG || rc == WARREN_ERR_NOMEM;
+            int unreachable =
+                rc == WARREN_ERR_CONNECT || rc == WARREN_ERR_TIMEOUT;
+            if (!ever_connected && unreachable &&
+                ++first_tries < w->cfg->broker.n_urls) {
+                continue; /* fail over to the next of broker.urls */
+            }
             if (!ever_connected || fatal) {
                 break; /* a first failure is the operator's to see */
             }

@@ -67,8 +67,8 @@ static void build_table(fuzz_in *in, amqp_pool_t *pool, amqp_table_t *t,
                         int depth) {
     int n = (int)(take_u8(in) % 17);
     t->num_entries = 0;
-    t->entries = n ? amqp_pool_alloc(pool, sizeof *t->entries * (size_t)n)
-                   : NULL;
+    t->entries =
+        n ? amqp_pool_alloc(pool, sizeof *t->entries * (size_t)n) : NULL;
     if (t->entries == NULL) {
         return;
     }
@@ -78,15 +78,15 @@ static void build_table(fuzz_in *in, amqp_pool_t *pool, amqp_table_t *t,
         memset(e, 0, sizeof *e);
         e->key = take_bytes(in, pool);
         static const uint8_t kinds[] = {
-            AMQP_FIELD_KIND_BOOLEAN, AMQP_FIELD_KIND_I8,
-            AMQP_FIELD_KIND_U8,      AMQP_FIELD_KIND_I16,
-            AMQP_FIELD_KIND_U16,     AMQP_FIELD_KIND_I32,
-            AMQP_FIELD_KIND_U32,     AMQP_FIELD_KIND_I64,
-            AMQP_FIELD_KIND_U64,     AMQP_FIELD_KIND_F32,
-            AMQP_FIELD_KIND_F64,     AMQP_FIELD_KIND_DECIMAL,
-            AMQP_FIELD_KIND_UTF8,    AMQP_FIELD_KIND_ARRAY,
+            AMQP_FIELD_KIND_BOOLEAN,   AMQP_FIELD_KIND_I8,
+            AMQP_FIELD_KIND_U8,        AMQP_FIELD_KIND_I16,
+            AMQP_FIELD_KIND_U16,       AMQP_FIELD_KIND_I32,
+            AMQP_FIELD_KIND_U32,       AMQP_FIELD_KIND_I64,
+            AMQP_FIELD_KIND_U64,       AMQP_FIELD_KIND_F32,
+            AMQP_FIELD_KIND_F64,       AMQP_FIELD_KIND_DECIMAL,
+            AMQP_FIELD_KIND_UTF8,      AMQP_FIELD_KIND_ARRAY,
             AMQP_FIELD_KIND_TIMESTAMP, AMQP_FIELD_KIND_TABLE,
-            AMQP_FIELD_KIND_VOID,    AMQP_FIELD_KIND_BYTES};
+            AMQP_FIELD_KIND_VOID,      AMQP_FIELD_KIND_BYTES};
         e->value.kind = kinds[take_u8(in) % sizeof kinds];
         switch (e->value.kind) {
         case AMQP_FIELD_KIND_UTF8:

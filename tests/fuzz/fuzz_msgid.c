@@ -82,8 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memset(out, 'X', sizeof out);
     memset(why, 'Y', sizeof why);
     why[0] = '\0';
-    warren__id_verdict v = warren__msgid_extract(&c, &msg, out, why,
-                                                 sizeof why);
+    warren__id_verdict v =
+        warren__msgid_extract(&c, &msg, out, why, sizeof why);
     if (v == WARREN__ID_USE) {
         size_t n = strnlen(out, sizeof out);
         if (n == 0 || n > WARREN__ID_MAX || !warren__utf8_valid(out, n)) {

@@ -1,0 +1,425 @@
+/*
+ * dlq.c - reading a dead-letter queue without disturbing it, and acting on
+ * what an operator selected: remove, or replay with confirms.
+ *
+ * A dedicated session consumes the DLQ with manual acks and no prefetch
+ * limit (a limit would stall behind the messages held but not selected),
+ * reads exactly the depth a passive declare reported at the start, and
+ * keeps every delivery unacked. Selected messages are acked only after
+ * their copy is confirmed; everything else is given back at the end by
+ * basic.cancel and a nack-requeue of all outstanding tags, which RabbitMQ
+ * puts back at its original position (with the redelivered flag set).
+ */
+#include "dlq.h"
+
+#include "log.h"
+#include "topology.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CONFIRM_TIMEOUT_MS 30000
+/* How long to wait for the next delivery of the depth seen at the start
+ * before concluding someone else took the rest. */
+#define READ_IDLE_MS 10000
+#define DEFAULT_WINDOW 256
+
+struct warren__dlq {
+    const warren_config *cfg;
+    const warren__consumer_cfg *c;
+    warren__session *sess;
+    warren__store *store;
+    uint32_t depth;
+    char name[WARREN__NAME_MAX];
+    char err[1024];
+    /* tags waiting for their acks (removals, or replays whose copy is
+     * published but not yet confirmed) */
+    uint64_t *tags;
+    size_t n_tags, cap_tags;
+    size_t n_published; /* of those, how many had a copy published */
+    uint64_t held;      /* deliveries kept unacked, to be released */
+    int consuming;
+    int n_unconfirmed;
+    amqp_pool_t pool;
+};
+
+static void set_err(warren__dlq *q, const char *fmt, ...) WARREN_PRINTF(2, 3);
+
+static void set_err(warren__dlq *q, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(q->err, sizeof q->err, fmt, ap);
+    va_end(ap);
+}
+
+const char *warren__dlq_errstr(const warren__dlq *q) {
+    return q ? q->err : "no dlq";
+}
+
+const char *warren__dlq_name_of(const warren__dlq *q) {
+    return q->name;
+}
+
+const warren__consumer_cfg *warren__dlq_consumer(const warren__dlq *q) {
+    return q->c;
+}
+
+uint32_t warren__dlq_depth(const warren__dlq *q) {
+    return q->depth;
+}
+
+void warren__dlq_set_store(warren__dlq *q, warren__store *st) {
+    q->store = st;
+}
+
+int warren__dlq_open(const warren_config *cfg, const char *queue,
+                     warren__dlq **out, char *err, size_t errlen) {
+    const warren__consumer_cfg *c = NULL;
+    *out = NULL;
+    for (int i = 0; i < cfg->n_consumers; i++) {
+        if (strcmp(cfg->consumers[i].queue, queue) == 0) {
+            c = &cfg->consumers[i];
+        }
+    }
+    if (c == NULL) {
+        int n = snprintf(err, errlen,
+                         "%s: no consumer reads queue '%s' (--queue names a "
+                         "consumer's queue; its DLQ is derived). Consumers:",
+                         cfg->path, queue);
+        for (int i = 0; i < cfg->n_consumers && n > 0 && (size_t)n < errlen;
+             i++) {
+            n += snprintf(err + n, errlen - (size_t)n, " %s",
+                          cfg->consumers[i].queue);
+        }
+        return WARREN_ERR_CONFIG;
+    }
+    warren__dlq *q = calloc(1, sizeof *q);
+    if (q == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return WARREN_ERR_NOMEM;
+    }
+    q->cfg = cfg;
+    q->c = c;
+    snprintf(q->name, sizeof q->name, "%s", warren__dlq_name(c));
+    init_amqp_pool(&q->pool, 4096);
+    int rc = warren__session_connect(cfg, 0, &q->sess, err, errlen);
+    if (rc == 0) {
+        rc = warren__session_queue_info(q->sess, q->name, &q->depth, NULL);
+        if (rc == WARREN_ERR_NOT_FOUND) {
+            snprintf(err, errlen,
+                     "dead-letter queue '%s' (of consumer '%s') does not "
+                     "exist on this broker/vhost: nothing was ever "
+                     "dead-lettered there, or the URL points elsewhere "
+                     "(`warren topology declare` creates it)",
+                     q->name, c->queue);
+        } else if (rc != 0) {
+            snprintf(err, errlen, "%s", warren__session_errstr(q->sess));
+        }
+    }
+    if (rc != 0) {
+        warren__dlq_close(q);
+        return rc;
+    }
+    *out = q;
+    return 0;
+}
+
+/* Gives back every delivery still held: no more deliveries (cancel), then
+ * all outstanding tags requeued in one nack. */
+static int release_all(warren__dlq *q) {
+    int rc = 0;
+    if (!q->consuming || warren__session_broken(q->sess)) {
+        q->consuming = 0;
+        return 0;
+    }
+    rc = warren__session_cancel(q->sess);
+    if (rc == 0) {
+        rc = warren__session_nack(q->sess, 0, 1, 1);
+    }
+    q->consuming = 0;
+    q->held = 0;
+    return rc;
+}
+
+void warren__dlq_close(warren__dlq *q) {
+    if (q == NULL) {
+        return;
+    }
+    /* Closing the channel would requeue the held deliveries too; the
+     * explicit nack just says so on the wire. */
+    release_all(q);
+    warren__session_free(q->sess);
+    empty_amqp_pool(&q->pool);
+    free(q->tags);
+    free(q);
+}
+
+static int push_tag(warren__dlq *q, uint64_t tag) {
+    if (q->n_tags == q->cap_tags) {
+        size_t cap = q->cap_tags ? q->cap_tags * 2 : 512;
+        uint64_t *t = realloc(q->tags, cap * sizeof *t);
+        if (t == NULL) {
+            return WARREN_ERR_NOMEM;
+        }
+        q->tags = t;
+        q->cap_tags = cap;
+    }
+    q->tags[q->n_tags++] = tag;
+    return 0;
+}
+
+/* Settles the window: waits for the confirms of its copies, then acks the
+ * DLQ copies. If a confirm fails, nothing of the window is acked: those
+ * dead letters stay (a copy that did arrive is caught by dedup). */
+static int settle(warren__dlq *q, const warren__dlq_ops *ops,
+                  warren__dlq_stats *st) {
+    int rc = 0;
+    if (q->n_tags == 0) {
+        return 0;
+    }
+    if (q->n_published > 0) {
+        rc = warren__session_wait_confirms(q->sess, CONFIRM_TIMEOUT_MS);
+    }
+    if (rc == 0 && ops->before_ack) {
+        rc = ops->before_ack(ops->user);
+        if (rc != 0) {
+            set_err(q, "could not make the removal durable first; nothing "
+                       "removed from this window");
+        }
+    }
+    if (rc != 0) {
+        if (rc == WARREN_ERR_PUBLISH || rc == WARREN_ERR_TIMEOUT) {
+            set_err(q, "%s", warren__session_errstr(q->sess));
+        }
+        st->failed += q->n_published;
+        q->held += q->n_tags;
+        q->n_tags = 0;
+        q->n_published = 0;
+        return rc;
+    }
+    if (q->held == 0) {
+        /* Nothing held below: one ack settles the whole window. */
+        rc = warren__session_ack(q->sess, q->tags[q->n_tags - 1], 1);
+    } else {
+        for (size_t i = 0; i < q->n_tags && rc == 0; i++) {
+            rc = warren__session_ack(q->sess, q->tags[i], 0);
+        }
+    }
+    if (rc == 0) {
+        st->replayed += q->n_published;
+        st->removed += q->n_tags - q->n_published;
+    } else {
+        set_err(q, "%s", warren__session_errstr(q->sess));
+        st->failed += q->n_tags;
+    }
+    q->n_tags = 0;
+    q->n_published = 0;
+    if (ops->progress) {
+        ops->progress(st, ops->user);
+    }
+    return rc;
+}
+
+static void pace(double rate, int64_t start_ms, uint64_t done) {
+    if (rate <= 0) {
+        return;
+    }
+    int64_t due = start_ms + (int64_t)((double)done * 1000.0 / rate);
+    int64_t now = warren__mono_ms();
+    if (due > now) {
+        int64_t ms = due - now;
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL); /* a signal cuts it short: checked by caller */
+    }
+}
+
+/* Forgets the store record, then publishes the replay copy. Returns 1 if
+ * published, 0 if skipped (the id is being processed right now). */
+static int replay_one(warren__dlq *q, const warren__dlq_ops *ops,
+                      const warren__dlq_entry *e, const warren__delivery *d) {
+    int64_t now = warren__now_ms();
+    if (q->store && e->has_dedup_id) {
+        int rc = warren__store_forget(q->store, e->queue, e->id, now);
+        if (rc == WARREN_ERR_STORE_BUSY) {
+            warren__log(WARREN_LOG_WARN,
+                        &(warren__log_fields){"dlq_skip", e->queue, e->id,
+                                              NULL, -1, -1},
+                        "not replayed: %s", warren__store_errstr(q->store));
+            return 0;
+        }
+        if (rc != 0 && rc != WARREN_ERR_NOT_FOUND) {
+            set_err(q, "%s", warren__store_errstr(q->store));
+            return rc;
+        }
+    }
+    amqp_basic_properties_t p = *d->msg.props;
+    recycle_amqp_pool(&q->pool);
+    int rc = warren__dlq_replay_headers(d->msg.headers, ops->clean, now,
+                                        &q->pool, &p.headers);
+    if (rc != 0) {
+        set_err(q, "out of memory building headers");
+        return rc;
+    }
+    p._flags |= AMQP_BASIC_HEADERS_FLAG;
+    const char *to = ops->to_queue ? ops->to_queue : e->queue;
+    rc = warren__session_publish(q->sess, "", to, &p, d->msg.body,
+                                 d->msg.body_len, NULL);
+    if (rc != 0) {
+        set_err(q, "%s", warren__session_errstr(q->sess));
+        return rc;
+    }
+    return 1;
+}
+
+int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
+                     const warren__dlq_ops *ops, warren__dlq_stats *st) {
+    warren__delivery d;
+    warren__dlq_entry e;
+    int rc = 0, selecting = 1;
+    int window = ops->window > 0 ? ops->window : DEFAULT_WINDOW;
+    int64_t start = warren__mono_ms(), last_settle = start;
+    uint64_t paced = 0;
+    memset(st, 0, sizeof *st);
+    st->depth = q->depth;
+    if (q->depth == 0) {
+        return 0;
+    }
+    /* Unlimited prefetch: a limit would stop deliveries once that many
+     * unselected messages are held, before the depth is read. */
+    rc = warren__session_qos(q->sess, 0);
+    if (rc == 0) {
+        rc = warren__session_consume(q->sess, q->name);
+    }
+    if (rc != 0) {
+        set_err(q, "%s", warren__session_errstr(q->sess));
+        return rc;
+    }
+    q->consuming = 1;
+    warren__delivery_init(&d);
+    while (st->scanned < q->depth) {
+        if (ops->stop && *ops->stop) {
+            st->interrupted = 1;
+            break;
+        }
+        int got = warren__session_next(q->sess, &d, q->c->max_message_bytes,
+                                       READ_IDLE_MS);
+        if (got < 0) {
+            rc = got;
+            set_err(q, "%s", warren__session_errstr(q->sess));
+            break;
+        }
+        if (got == 0) {
+            warren__log(WARREN_LOG_WARN,
+                        &(warren__log_fields){"dlq_short", q->name, NULL, NULL,
+                                              -1, -1},
+                        "read %llu of %u dead letters; the rest did not "
+                        "arrive within %d ms (another consumer on the DLQ?)",
+                        (unsigned long long)st->scanned, q->depth,
+                        READ_IDLE_MS);
+            break;
+        }
+        st->scanned++;
+        d.msg.queue = q->name;
+        warren__dlq_entry_fill(&e, q->c, &d.msg);
+        e.position = st->scanned;
+        int action = WARREN__DLQ_KEEP;
+        if (selecting && warren__dlq_filter_match(f, &e)) {
+            if (f->limit > 0 && st->matched >= (uint64_t)f->limit) {
+                action = WARREN__DLQ_KEEP;
+            } else {
+                st->matched++;
+                action = ops->on_match(&e, &d, ops->user);
+            }
+        }
+        if (action < 0) {
+            rc = action;
+            q->held++;
+            break;
+        }
+        if (d.too_large && action == WARREN__DLQ_REPLAY) {
+            /* The body was not read: a copy would lose it. */
+            st->skipped++;
+            action = WARREN__DLQ_KEEP;
+        }
+        if (action == WARREN__DLQ_REPLAY) {
+            pace(ops->rate_per_s, start, paced++);
+            int r = replay_one(q, ops, &e, &d);
+            if (r < 0) {
+                rc = r;
+                q->held++;
+                break;
+            }
+            if (r == 0) {
+                st->skipped++;
+                action = WARREN__DLQ_KEEP;
+            } else {
+                q->n_published++;
+            }
+        }
+        if (action == WARREN__DLQ_REPLAY || action == WARREN__DLQ_REMOVE) {
+            rc = push_tag(q, d.msg.delivery_tag);
+            if (rc != 0) {
+                q->held++;
+                break;
+            }
+        } else {
+            q->held++;
+            if (action == WARREN__DLQ_STOP) {
+                break;
+            }
+        }
+        int64_t now = warren__mono_ms();
+        /* Settle when the window is full, and often when paced so that the
+         * DLQ shrinks while an operator watches. */
+        if (q->n_tags >= (size_t)window ||
+            (ops->rate_per_s > 0 && q->n_tags > 0 && now - last_settle > 200)) {
+            rc = settle(q, ops, st);
+            last_settle = now;
+            if (rc != 0) {
+                break;
+            }
+        }
+        warren__session_release(q->sess);
+    }
+    /* Settle what is in flight even after an error: a confirmed copy must
+     * not leave its DLQ copy behind if it can be helped. */
+    if (!warren__session_broken(q->sess)) {
+        int src = settle(q, ops, st);
+        rc = rc ? rc : src;
+        int rrc = release_all(q);
+        rc = rc ? rc : rrc;
+    } else {
+        st->failed += q->n_published;
+        q->n_tags = q->n_published = 0;
+    }
+    if (ops->stop && *ops->stop) {
+        st->interrupted = 1;
+    }
+    warren__delivery_free(&d);
+    return rc;
+}
+
+int warren__dlq_publish(warren__dlq *q, const char *queue,
+                        const amqp_basic_properties_t *p, const void *body,
+                        size_t len) {
+    int rc = warren__session_publish(q->sess, "", queue, p, body, len, NULL);
+    if (rc == 0 && ++q->n_unconfirmed >= DEFAULT_WINDOW) {
+        rc = warren__dlq_flush(q);
+    }
+    if (rc != 0 && q->err[0] == '\0') {
+        set_err(q, "%s", warren__session_errstr(q->sess));
+    }
+    return rc;
+}
+
+int warren__dlq_flush(warren__dlq *q) {
+    q->n_unconfirmed = 0;
+    int rc = warren__session_wait_confirms(q->sess, CONFIRM_TIMEOUT_MS);
+    if (rc != 0) {
+        set_err(q, "%s", warren__session_errstr(q->sess));
+    }
+    return rc;
+}

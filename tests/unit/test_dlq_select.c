@@ -1,0 +1,514 @@
+/*
+ * test_dlq_select.c - the pure parts of `warren dlq`: durations, ISO-8601
+ * and relative times, the filter (substring, regex, time window, ids), the
+ * headers a replayed copy carries, and the JSON Lines encoding round trip
+ * with every header type, binary bodies and malformed lines.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dlq.h"
+
+static void test_durations_parse_each_unit_and_refuse_junk(void **state) {
+    (void)state;
+    char err[256];
+    int64_t ms;
+    assert_int_equal(warren__dlq_parse_duration("30s", &ms, err, sizeof err),
+                     0);
+    assert_int_equal(ms, 30000);
+    assert_int_equal(warren__dlq_parse_duration("15m", &ms, err, sizeof err),
+                     0);
+    assert_int_equal(ms, 900000);
+    assert_int_equal(warren__dlq_parse_duration("2h", &ms, err, sizeof err), 0);
+    assert_int_equal(ms, 7200000);
+    assert_int_equal(warren__dlq_parse_duration("3d", &ms, err, sizeof err), 0);
+    assert_int_equal(ms, 3 * 86400000LL);
+    assert_int_equal(warren__dlq_parse_duration("1w", &ms, err, sizeof err), 0);
+    assert_int_equal(ms, 7 * 86400000LL);
+    const char *bad[] = {"", "h", "0h", "2", "2x", "2hh", "-3d", "1.5h",
+                         "99999999999999999999d"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(
+            warren__dlq_parse_duration(bad[i], &ms, err, sizeof err),
+            WARREN_ERR_INVAL);
+        assert_non_null(strstr(err, "duration"));
+    }
+}
+
+static void test_iso8601_times_with_zones_and_relative_times(void **state) {
+    (void)state;
+    char err[256];
+    int64_t t;
+    /* 2026-11-26T05:00:00Z = 1795662000 s */
+    assert_int_equal(warren__dlq_parse_time("2026-11-26T05:00:00Z", 0, &t, err,
+                                            sizeof err),
+                     0);
+    assert_int_equal(t, 1795669200000LL);
+    assert_int_equal(warren__dlq_parse_time("2026-11-26T06:00:00+01:00", 0, &t,
+                                            err, sizeof err),
+                     0);
+    assert_int_equal(t, 1795669200000LL);
+    assert_int_equal(warren__dlq_parse_time("2026-11-26T04:30-0030", 0, &t,
+                                            err, sizeof err),
+                     0);
+    assert_int_equal(t, 1795669200000LL);
+    assert_int_equal(warren__dlq_parse_time("2026-11-26T05:00:00.250Z", 0, &t,
+                                            err, sizeof err),
+                     0);
+    assert_int_equal(t, 1795669200250LL);
+    assert_int_equal(
+        warren__dlq_parse_time("2024-02-29Z", 0, &t, err, sizeof err), 0);
+    assert_int_equal(t, 1709164800000LL);
+    assert_int_equal(
+        warren__dlq_parse_time("2h", 1000000000LL, &t, err, sizeof err), 0);
+    assert_int_equal(t, 1000000000LL - 7200000);
+    const char *bad[] = {"2026-13-01T00:00Z",   "2023-02-29",
+                         "2026-11-26T25:00Z",   "2026-11-26T05:00:00Q",
+                         "2026-11-26T05",       "yesterday",
+                         "2026-11-26T05:00+99", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(
+            warren__dlq_parse_time(bad[i], 0, &t, err, sizeof err),
+            WARREN_ERR_INVAL);
+    }
+}
+
+static warren__dlq_entry entry(const char *id, const char *error,
+                               int64_t dead_at) {
+    warren__dlq_entry e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.id, sizeof e.id, "%s", id);
+    snprintf(e.error, sizeof e.error, "%s", error);
+    e.dead_at_ms = dead_at;
+    return e;
+}
+
+static void test_filter_criteria_all_must_hold(void **state) {
+    (void)state;
+    warren__dlq_filter f;
+    char err[256];
+    warren__dlq_entry a = entry("o-1", "sku 42 unknown", 1000);
+    warren__dlq_entry b = entry("o-2", "timeout after 30 s", 2000);
+    warren__dlq_entry c = entry("o-3", "sku 7 unknown", 3000);
+    warren__dlq_filter_init(&f);
+    assert_true(warren__dlq_filter_is_empty(&f));
+    assert_true(warren__dlq_filter_match(&f, &a));
+    f.error_sub = "unknown";
+    assert_false(warren__dlq_filter_is_empty(&f));
+    assert_true(warren__dlq_filter_match(&f, &a));
+    assert_false(warren__dlq_filter_match(&f, &b));
+    assert_int_equal(
+        warren__dlq_filter_set_re(&f, "^sku [0-9]$", err, sizeof err), 0);
+    assert_false(warren__dlq_filter_match(&f, &a)); /* two digits */
+    assert_false(warren__dlq_filter_match(&f, &c)); /* " unknown" follows */
+    assert_int_equal(
+        warren__dlq_filter_set_re(&f, "^sku [0-9]+ ", err, sizeof err), 0);
+    assert_true(warren__dlq_filter_match(&f, &a));
+    assert_true(warren__dlq_filter_match(&f, &c));
+    f.since_ms = 2000; /* inclusive */
+    f.until_ms = 3000; /* exclusive */
+    assert_false(warren__dlq_filter_match(&f, &a));
+    assert_false(warren__dlq_filter_match(&f, &c));
+    f.error_sub = NULL;
+    warren__dlq_filter_free(&f);
+    assert_true(warren__dlq_filter_match(&f, &b));
+    f.since_ms = f.until_ms = 0;
+    assert_int_equal(warren__dlq_filter_add_id(&f, "o-3"), 0);
+    assert_int_equal(warren__dlq_filter_add_id(&f, "o-1"), 0);
+    assert_true(warren__dlq_filter_match(&f, &a));
+    assert_false(warren__dlq_filter_match(&f, &b));
+    assert_true(warren__dlq_filter_match(&f, &c));
+    for (int i = 2; i < WARREN__DLQ_MAX_IDS; i++) {
+        assert_int_equal(warren__dlq_filter_add_id(&f, "x"), 0);
+    }
+    assert_int_equal(warren__dlq_filter_add_id(&f, "x"), WARREN_ERR_INVAL);
+    warren__dlq_filter_free(&f);
+}
+
+static void test_bad_regex_is_reported_with_regerror_text(void **state) {
+    (void)state;
+    warren__dlq_filter f;
+    char err[256];
+    warren__dlq_filter_init(&f);
+    assert_int_equal(warren__dlq_filter_set_re(&f, "(unclosed", err, sizeof err),
+                     WARREN_ERR_INVAL);
+    assert_non_null(strstr(err, "(unclosed"));
+    assert_false(f.has_re);
+    warren__dlq_filter_free(&f);
+}
+
+/* ---- replay headers ----------------------------------------------------- */
+
+static amqp_table_entry_t str_entry(const char *k, const char *v) {
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(k);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = amqp_cstring_bytes(v);
+    return e;
+}
+
+static amqp_table_entry_t int_entry(const char *k, int64_t v) {
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(k);
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = v;
+    return e;
+}
+
+static const amqp_field_value_t *find(const amqp_table_t *t, const char *k) {
+    return warren__table_find(t, k);
+}
+
+static void
+test_replay_moves_failure_headers_to_history_and_counts_replays(void **state) {
+    (void)state;
+    amqp_pool_t pool;
+    amqp_table_t out;
+    amqp_table_entry_t in_e[] = {
+        str_entry("tenant", "acme"),
+        str_entry("x-warren-queue", "orders"),
+        str_entry("x-warren-error", "bad sku"),
+        int_entry("x-warren-attempts", 5),
+        int_entry("x-warren-dead-at", 123),
+        int_entry("x-warren-attempt", 5),
+        str_entry("x-warren-replayed-error", "older failure"),
+        int_entry("x-warren-replays", 2)};
+    amqp_table_t in = {sizeof in_e / sizeof in_e[0], in_e};
+    init_amqp_pool(&pool, 1024);
+    assert_int_equal(warren__dlq_replay_headers(&in, 0, 999, &pool, &out), 0);
+    assert_non_null(find(&out, "tenant"));
+    assert_null(find(&out, "x-warren-queue"));
+    assert_null(find(&out, "x-warren-error"));
+    assert_null(find(&out, "x-warren-attempt"));
+    const amqp_field_value_t *v = find(&out, "x-warren-replayed-error");
+    assert_non_null(v);
+    assert_int_equal(v->value.bytes.len, 7); /* "bad sku", not the older */
+    assert_memory_equal(v->value.bytes.bytes, "bad sku", 7);
+    assert_int_equal(find(&out, "x-warren-replayed-attempts")->value.i64, 5);
+    assert_non_null(find(&out, "x-warren-replayed-queue"));
+    assert_int_equal(find(&out, "x-warren-replays")->value.i64, 3);
+    assert_int_equal(find(&out, "x-warren-replayed-at")->value.i64, 999);
+    int replays = 0;
+    for (int i = 0; i < out.num_entries; i++) {
+        replays += out.entries[i].key.len == 16 &&
+                   memcmp(out.entries[i].key.bytes, "x-warren-replays", 16) ==
+                       0;
+    }
+    assert_int_equal(replays, 1);
+
+    recycle_amqp_pool(&pool);
+    assert_int_equal(warren__dlq_replay_headers(&in, 1, 999, &pool, &out), 0);
+    assert_int_equal(out.num_entries, 2); /* tenant, x-warren-replays */
+    assert_non_null(find(&out, "tenant"));
+    assert_int_equal(find(&out, "x-warren-replays")->value.i64, 3);
+    empty_amqp_pool(&pool);
+}
+
+/* ---- JSON Lines ------------------------------------------------------- */
+
+static int value_equal(const amqp_field_value_t *a,
+                       const amqp_field_value_t *b);
+
+static int table_equal(const amqp_table_t *a, const amqp_table_t *b) {
+    if (a->num_entries != b->num_entries) {
+        return 0;
+    }
+    for (int i = 0; i < a->num_entries; i++) {
+        const amqp_table_entry_t *x = &a->entries[i], *y = &b->entries[i];
+        if (x->key.len != y->key.len ||
+            memcmp(x->key.bytes, y->key.bytes, x->key.len) != 0 ||
+            !value_equal(&x->value, &y->value)) {
+            print_message("header %d (%.*s) differs\n", i, (int)x->key.len,
+                          (const char *)x->key.bytes);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int value_equal(const amqp_field_value_t *a,
+                       const amqp_field_value_t *b) {
+    if (a->kind != b->kind) {
+        return 0;
+    }
+    switch (a->kind) {
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+        return a->value.bytes.len == b->value.bytes.len &&
+               (a->value.bytes.len == 0 ||
+                memcmp(a->value.bytes.bytes, b->value.bytes.bytes,
+                       a->value.bytes.len) == 0);
+    case AMQP_FIELD_KIND_TABLE:
+        return table_equal(&a->value.table, &b->value.table);
+    case AMQP_FIELD_KIND_ARRAY:
+        if (a->value.array.num_entries != b->value.array.num_entries) {
+            return 0;
+        }
+        for (int i = 0; i < a->value.array.num_entries; i++) {
+            if (!value_equal(&a->value.array.entries[i],
+                             &b->value.array.entries[i])) {
+                return 0;
+            }
+        }
+        return 1;
+    case AMQP_FIELD_KIND_F32:
+        return memcmp(&a->value.f32, &b->value.f32, sizeof(float)) == 0;
+    case AMQP_FIELD_KIND_F64:
+        return memcmp(&a->value.f64, &b->value.f64, sizeof(double)) == 0;
+    case AMQP_FIELD_KIND_DECIMAL:
+        return a->value.decimal.decimals == b->value.decimal.decimals &&
+               a->value.decimal.value == b->value.decimal.value;
+    case AMQP_FIELD_KIND_VOID:
+        return 1;
+    case AMQP_FIELD_KIND_BOOLEAN:
+        return !a->value.boolean == !b->value.boolean;
+    case AMQP_FIELD_KIND_I8:
+        return a->value.i8 == b->value.i8;
+    case AMQP_FIELD_KIND_U8:
+        return a->value.u8 == b->value.u8;
+    case AMQP_FIELD_KIND_I16:
+        return a->value.i16 == b->value.i16;
+    case AMQP_FIELD_KIND_U16:
+        return a->value.u16 == b->value.u16;
+    case AMQP_FIELD_KIND_I32:
+        return a->value.i32 == b->value.i32;
+    case AMQP_FIELD_KIND_U32:
+        return a->value.u32 == b->value.u32;
+    default: /* i64, u64, timestamp */
+        return a->value.u64 == b->value.u64;
+    }
+}
+
+static const uint8_t binary_body[] = {0x00, 0xff, 0xfe, 0x80, 'a', 0x00,
+                                      0xc3, 0x28, 0x01, 0x7f};
+
+/* Every kind rabbitmq-c knows, including nesting and a non-UTF-8 key. */
+static void build_all_kinds(amqp_table_entry_t *e, int *n,
+                            amqp_field_value_t *arr, amqp_table_entry_t *inner) {
+    int i = 0;
+#define KV(k, kindv) (e[i].key = amqp_cstring_bytes(k), e[i].value.kind = kindv)
+    KV("bool", AMQP_FIELD_KIND_BOOLEAN);
+    e[i++].value.value.boolean = 1;
+    KV("i8", AMQP_FIELD_KIND_I8);
+    e[i++].value.value.i8 = -128;
+    KV("u8", AMQP_FIELD_KIND_U8);
+    e[i++].value.value.u8 = 255;
+    KV("i16", AMQP_FIELD_KIND_I16);
+    e[i++].value.value.i16 = -32768;
+    KV("u16", AMQP_FIELD_KIND_U16);
+    e[i++].value.value.u16 = 65535;
+    KV("i32", AMQP_FIELD_KIND_I32);
+    e[i++].value.value.i32 = INT32_MIN;
+    KV("u32", AMQP_FIELD_KIND_U32);
+    e[i++].value.value.u32 = UINT32_MAX;
+    KV("i64", AMQP_FIELD_KIND_I64);
+    e[i++].value.value.i64 = INT64_MIN + 1;
+    KV("u64", AMQP_FIELD_KIND_U64);
+    e[i++].value.value.u64 = UINT64_MAX;
+    KV("ts", AMQP_FIELD_KIND_TIMESTAMP);
+    e[i++].value.value.u64 = 1795669200;
+    KV("f32", AMQP_FIELD_KIND_F32);
+    e[i++].value.value.f32 = 0.1f;
+    KV("f64", AMQP_FIELD_KIND_F64);
+    e[i++].value.value.f64 = 0.1 + 0.2;
+    KV("inf", AMQP_FIELD_KIND_F64);
+    e[i++].value.value.f64 = -INFINITY;
+    KV("dec", AMQP_FIELD_KIND_DECIMAL);
+    e[i].value.value.decimal.decimals = 2;
+    e[i++].value.value.decimal.value = 12345;
+    KV("str", AMQP_FIELD_KIND_UTF8);
+    e[i++].value.value.bytes = amqp_cstring_bytes("h\xc3\xa9llo \"q\" \n");
+    KV("bin", AMQP_FIELD_KIND_BYTES);
+    e[i++].value.value.bytes = (amqp_bytes_t){sizeof binary_body,
+                                              (void *)binary_body};
+    KV("void", AMQP_FIELD_KIND_VOID);
+    i++;
+    arr[0].kind = AMQP_FIELD_KIND_I32;
+    arr[0].value.i32 = 7;
+    arr[1].kind = AMQP_FIELD_KIND_UTF8;
+    arr[1].value.bytes = amqp_cstring_bytes("x");
+    KV("arr", AMQP_FIELD_KIND_ARRAY);
+    e[i].value.value.array.num_entries = 2;
+    e[i++].value.value.array.entries = arr;
+    inner[0].key = amqp_cstring_bytes("deep");
+    inner[0].value.kind = AMQP_FIELD_KIND_ARRAY;
+    inner[0].value.value.array.num_entries = 1;
+    inner[0].value.value.array.entries = arr;
+    KV("tbl", AMQP_FIELD_KIND_TABLE);
+    e[i].value.value.table.num_entries = 1;
+    e[i++].value.value.table.entries = inner;
+    e[i].key = (amqp_bytes_t){2, (void *)"\xff\xfe"};
+    e[i].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[i++].value.value.bytes = amqp_empty_bytes;
+    KV("str", AMQP_FIELD_KIND_I8); /* duplicate key: order kept */
+    e[i++].value.value.i8 = 1;
+#undef KV
+    *n = i;
+}
+
+static void roundtrip(const amqp_basic_properties_t *p, const void *body,
+                      size_t len) {
+    cJSON *j = warren__dlq_to_json(p, body, len);
+    assert_non_null(j);
+    char *line = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    assert_null(strchr(line, '\n')); /* one line per message */
+    amqp_pool_t pool;
+    amqp_basic_properties_t q;
+    uint8_t *b;
+    size_t blen;
+    char err[256];
+    init_amqp_pool(&pool, 4096);
+    assert_int_equal(warren__dlq_from_json(line, strlen(line), &pool, &q, &b,
+                                           &blen, err, sizeof err),
+                     0);
+    assert_int_equal(q._flags, p->_flags);
+    assert_int_equal(blen, len);
+    if (len) {
+        assert_memory_equal(b, body, len);
+    }
+    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+        assert_true(table_equal(&p->headers, &q.headers));
+    }
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+        assert_int_equal(q.message_id.len, p->message_id.len);
+        assert_memory_equal(q.message_id.bytes, p->message_id.bytes,
+                            p->message_id.len);
+    }
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) {
+        assert_int_equal(q.correlation_id.len, p->correlation_id.len);
+        assert_memory_equal(q.correlation_id.bytes, p->correlation_id.bytes,
+                            p->correlation_id.len);
+    }
+    assert_int_equal(q.timestamp, p->timestamp);
+    assert_int_equal(q.priority, p->priority);
+    assert_int_equal(q.delivery_mode, p->delivery_mode);
+    free(b);
+    cJSON_free(line);
+    empty_amqp_pool(&pool);
+}
+
+static void
+test_jsonl_round_trip_keeps_every_header_kind_and_binary_body(void **state) {
+    (void)state;
+    amqp_table_entry_t e[32], inner[1];
+    amqp_field_value_t arr[2];
+    int n;
+    build_all_kinds(e, &n, arr, inner);
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+               AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_PRIORITY_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+               AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_EXPIRATION_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+               AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_USER_ID_FLAG |
+               AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_CLUSTER_ID_FLAG;
+    p.content_type = amqp_cstring_bytes("application/octet-stream");
+    p.content_encoding = amqp_cstring_bytes("gzip");
+    p.delivery_mode = 2;
+    p.priority = 9;
+    p.correlation_id = (amqp_bytes_t){3, (void *)"\x80\x81\x82"};
+    p.reply_to = amqp_cstring_bytes("replies");
+    p.expiration = amqp_cstring_bytes("60000");
+    p.message_id = amqp_cstring_bytes("order-\xe2\x82\xac-1");
+    p.timestamp = UINT64_MAX;
+    p.type = amqp_cstring_bytes("order.created");
+    p.user_id = amqp_cstring_bytes("guest");
+    p.app_id = amqp_cstring_bytes("shop");
+    p.cluster_id = amqp_cstring_bytes("");
+    p.headers.num_entries = n;
+    p.headers.entries = e;
+    roundtrip(&p, binary_body, sizeof binary_body);
+    roundtrip(&p, "{\"text\": \"caf\xc3\xa9\"}", 17);
+    roundtrip(&p, "", 0);
+    memset(&p, 0, sizeof p); /* no properties at all */
+    roundtrip(&p, "x", 1);
+}
+
+static void test_base64_is_strict(void **state) {
+    (void)state;
+    uint8_t *out;
+    size_t len;
+    char *enc;
+    assert_int_equal(warren__base64_encode("ab", 2, &enc), 0);
+    assert_string_equal(enc, "YWI=");
+    assert_int_equal(warren__base64_decode(enc, 4, &out, &len), 0);
+    assert_int_equal(len, 2);
+    assert_memory_equal(out, "ab", 2);
+    free(out);
+    free(enc);
+    const char *bad[] = {"YWI", "YW=I", "Y!I=", "YWI=YWI=", "===="};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(
+            warren__base64_decode(bad[i], strlen(bad[i]), &out, &len),
+            WARREN_ERR_INVAL);
+    }
+}
+
+static void test_malformed_lines_say_what_is_wrong(void **state) {
+    (void)state;
+    static const struct {
+        const char *line, *want;
+    } cases[] = {
+        {"{\"v\":1,\"body\":", "not valid JSON"},
+        {"[1,2]", "expected a JSON object"},
+        {"{\"body\":\"x\"}", "\"v\""},
+        {"{\"v\":1}", "\"body\" missing"},
+        {"{\"v\":1,\"body\":{\"base64\":\"@@@@\"}}", "not valid base64"},
+        {"{\"v\":1,\"body\":7}", "body: expected a string"},
+        {"{\"v\":1,\"properties\":{\"colour\":\"red\"},\"body\":\"\"}",
+         "unknown property"},
+        {"{\"v\":1,\"properties\":{\"priority\":300},\"body\":\"\"}",
+         "properties.priority"},
+        {"{\"v\":1,\"headers\":[{\"name\":\"a\",\"kind\":\"i8\",\"value\":"
+         "200}],\"body\":\"\"}",
+         "headers \"a\""},
+        {"{\"v\":1,\"headers\":[{\"name\":\"a\",\"kind\":\"blob\",\"value\":"
+         "1}],\"body\":\"\"}",
+         "unknown kind 'blob'"},
+        {"{\"v\":1,\"headers\":[{\"name\":\"a\",\"kind\":\"i64\",\"value\":"
+         "\"12x\"}],\"body\":\"\"}",
+         "not a 64-bit integer"},
+        {"{\"v\":1,\"headers\":{\"a\":1},\"body\":\"\"}", "expected an array"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        amqp_pool_t pool;
+        amqp_basic_properties_t p;
+        uint8_t *b;
+        size_t blen;
+        char err[256] = "";
+        init_amqp_pool(&pool, 1024);
+        int rc = warren__dlq_from_json(cases[i].line, strlen(cases[i].line),
+                                       &pool, &p, &b, &blen, err, sizeof err);
+        if (rc != WARREN_ERR_INVAL || strstr(err, cases[i].want) == NULL) {
+            fail_msg("case %zu (%s): rc %d, err '%s', wanted '%s'", i,
+                     cases[i].line, rc, err, cases[i].want);
+        }
+        assert_null(b);
+        empty_amqp_pool(&pool);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_durations_parse_each_unit_and_refuse_junk),
+        cmocka_unit_test(test_iso8601_times_with_zones_and_relative_times),
+        cmocka_unit_test(test_filter_criteria_all_must_hold),
+        cmocka_unit_test(test_bad_regex_is_reported_with_regerror_text),
+        cmocka_unit_test(
+            test_replay_moves_failure_headers_to_history_and_counts_replays),
+        cmocka_unit_test(
+            test_jsonl_round_trip_keeps_every_header_kind_and_binary_body),
+        cmocka_unit_test(test_base64_is_strict),
+        cmocka_unit_test(test_malformed_lines_say_what_is_wrong),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
