@@ -308,6 +308,11 @@ int cmd_run(int argc, char **argv) {
     for (int i = 0; i < cfg->n_consumers; i++) {
         n += workers ? workers : cfg->consumers[i].workers;
     }
+    if (n <= 0) {
+        cli_error("%s: no workers to run", path);
+        warren_config_free(cfg);
+        return EXIT_USAGE;
+    }
     child *kids = calloc((size_t)n, sizeof *kids);
     if (kids == NULL) {
         warren_config_free(cfg);

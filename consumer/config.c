@@ -141,6 +141,9 @@ static int oom(parser *p) {
 }
 
 static char *dup_or_oom(parser *p, const char *s) {
+    if (s == NULL) {
+        return NULL;
+    }
     char *d = strdup(s);
     if (d == NULL) {
         oom(p);
@@ -794,7 +797,7 @@ static void parse_backoff(parser *p, const cJSON *o, const char *base,
         for (const cJSON *d = arr->child; d != NULL && i < n;
              d = d->next, i++) {
             char efield[FIELD_MAX + 16];
-            int64_t v;
+            int64_t v = 0;
             snprintf(efield, sizeof efield, "%s[%d]", field, i);
             if (int_value(p, efield, d, 0, DELAY_MAX, &v) != 0) {
                 return;
@@ -1062,7 +1065,8 @@ static void parse_consumers(parser *p, const cJSON *root, warren_config *cfg) {
                      "expected a queue name unique across consumers, got "
                      "\"%s\" again (also consumers[%d].queue)",
                      cfg->consumers[i].queue, j);
-            } else if (strcmp(cfg->consumers[i].dlq_queue,
+            } else if (cfg->consumers[i].dlq_queue &&
+                       strcmp(cfg->consumers[i].dlq_queue,
                               cfg->consumers[j].queue) == 0) {
                 snprintf(field, sizeof field, "consumers[%d].dead_letter.queue",
                          i);

@@ -215,7 +215,9 @@ static void tb_str(table_builder *tb, const char *key, const char *val) {
             tb->n--;
             return;
         }
-        memcpy(b.bytes, val, len);
+        if (len > 0) {
+            memcpy(b.bytes, val, len); /* an empty value has no buffer */
+        }
         e->value.kind = AMQP_FIELD_KIND_UTF8;
         e->value.value.bytes = b;
     }
