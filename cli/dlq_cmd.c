@@ -80,7 +80,8 @@ static void print_clipped(const char *s, int max) {
 
 /* ---- list ------------------------------------------------------------- */
 
-static cJSON *entry_json(const warren__dlq_entry *e, const warren__delivery *d) {
+static cJSON *entry_json(const warren__dlq_entry *e,
+                         const warren__delivery *d) {
     cJSON *o = warren__dlq_to_json(d->msg.props, d->msg.body, d->msg.body_len);
     char when[64];
     if (o == NULL) {
@@ -271,8 +272,8 @@ static int purge_match(const warren__dlq_entry *e, const warren__delivery *d,
                        void *user) {
     opts *o = user;
     (void)d;
-    printf("%s %-24s %s\n", o->dry_run ? "would remove" : "removing",
-           e->id, e->error);
+    printf("%s %-24s %s\n", o->dry_run ? "would remove" : "removing", e->id,
+           e->error);
     o->printed++;
     return o->dry_run ? WARREN__DLQ_KEEP : WARREN__DLQ_REMOVE;
 }
@@ -464,9 +465,10 @@ static int parse_args(int argc, char **argv, opts *o) {
             break;
         case O_SINCE:
         case O_UNTIL:
-            if (warren__dlq_parse_time(
-                    optarg, now, opt == O_SINCE ? &o->f.since_ms : &o->f.until_ms,
-                    err, sizeof err)) {
+            if (warren__dlq_parse_time(optarg, now,
+                                       opt == O_SINCE ? &o->f.since_ms
+                                                      : &o->f.until_ms,
+                                       err, sizeof err)) {
                 cli_error("dlq: --%s: %s", opt == O_SINCE ? "since" : "until",
                           err);
                 return -1;
@@ -673,7 +675,7 @@ int cmd_dlq(int argc, char **argv) {
         return EXIT_USAGE;
     }
     if (cli_log_init(getenv("WARREN_LOG_LEVEL") ? getenv("WARREN_LOG_LEVEL")
-                                              : "warn") != 0) {
+                                                : "warn") != 0) {
         warren__dlq_filter_free(&o.f);
         return EXIT_USAGE;
     }
@@ -759,8 +761,9 @@ int cmd_dlq(int argc, char **argv) {
     }
     if (strcmp(o.sub, "list") == 0) {
         FILE *to = o.json ? stderr : stdout;
-        fprintf(to, "%llu dead letter(s) shown, %llu matched of %llu read "
-                    "(%llu in %s)\n",
+        fprintf(to,
+                "%llu dead letter(s) shown, %llu matched of %llu read "
+                "(%llu in %s)\n",
                 (unsigned long long)o.printed, (unsigned long long)st.matched,
                 (unsigned long long)st.scanned, (unsigned long long)st.depth,
                 warren__dlq_name_of(o.q));

@@ -21,7 +21,7 @@ static const char *usage_main =
     "                     inspect and maintain the message store\n"
     "  dlq list|show|replay|purge|export|import -c FILE --queue Q\n"
     "                     inspect and replay dead letters\n"
-    "  status -c FILE     queue depths and store counts (reserved)\n"
+    "  status -c FILE     queue depths, retries, dead letters, store counts\n"
     "  help [COMMAND]     this text, or a command's\n"
     "  --version          print the version\n"
     "\n"
@@ -176,7 +176,12 @@ static int help(const char *cmd) {
     } else if (strcmp(cmd, "dlq") == 0) {
         fputs(usage_dlq, stdout);
     } else if (strcmp(cmd, "status") == 0) {
-        fputs("usage: warren status -c FILE [--json] (reserved)\n", stdout);
+        fputs("usage: warren status -c FILE [--json]\n"
+              "\n"
+              "Per consumer: ready messages and consumers attached, messages\n"
+              "waiting in the retry delay cascade, dead letters and the age of\n"
+              "the oldest, and the store's records by state.\n",
+              stdout);
     } else {
         cli_error("no such command '%s'; try `warren help`", cmd);
         return EXIT_USAGE;

@@ -884,8 +884,9 @@ int warren__store_prune(warren__store *s, int64_t now_ms, uint32_t retention_s,
     return 0;
 }
 
-int warren__store_forget(warren__store *s, const char *queue, const char *id,
-                         int64_t now_ms) {
+/* Deletes the record of (queue, id); with `only_dead`, only a dead one. */
+static int forget(warren__store *s, const char *queue, const char *id,
+                  int64_t now_ms, int only_dead) {
     if (s == NULL || queue == NULL || id == NULL) {
         return WARREN_ERR_INVAL;
     }
@@ -905,7 +906,11 @@ int warren__store_forget(warren__store *s, const char *queue, const char *id,
         copy_text(state, sizeof state, sqlite3_column_text(st, 0));
         int64_t lease_until = sqlite3_column_int64(st, 1);
         sqlite3_reset(st);
-        if (strcmp(state, "processing") == 0 && lease_until > now_ms) {
+        if (only_dead && strcmp(state, "dead") != 0) {
+            rc = set_err(s, WARREN_ERR_NOT_FOUND,
+                         "forget: %s/%s is %s, not dead: kept", queue, id,
+                         state);
+        } else if (strcmp(state, "processing") == 0 && lease_until > now_ms) {
             rc = set_err(s, WARREN_ERR_STORE_BUSY,
                          "forget: %s/%s is being processed (lease for another "
                          "%lld ms); try again later",
@@ -929,6 +934,16 @@ int warren__store_forget(warren__store *s, const char *queue, const char *id,
         warren__store_rollback(s);
     }
     return rc;
+}
+
+int warren__store_forget(warren__store *s, const char *queue, const char *id,
+                         int64_t now_ms) {
+    return forget(s, queue, id, now_ms, 0);
+}
+
+int warren__store_forget_dead(warren__store *s, const char *queue,
+                              const char *id, int64_t now_ms) {
+    return forget(s, queue, id, now_ms, 1);
 }
 
 int warren__store_stats(warren__store *s,

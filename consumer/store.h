@@ -129,6 +129,11 @@ int warren__store_prune(warren__store *s, int64_t now_ms, uint32_t retention_s,
  * Used by `warren store forget` and by dlq replay. */
 int warren__store_forget(warren__store *s, const char *queue, const char *id,
                          int64_t now_ms);
+/* The same, but only for a `dead` record; anything else is kept and
+ * WARREN_ERR_NOT_FOUND returned. Used by dlq replay, so that a replayed copy
+ * of an id that is done already stays a duplicate. */
+int warren__store_forget_dead(warren__store *s, const char *queue,
+                              const char *id, int64_t now_ms);
 
 /* Rows per (queue, state). Calls `fn` once per pair. */
 int warren__store_stats(warren__store *s,

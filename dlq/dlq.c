@@ -139,6 +139,12 @@ static int release_all(warren__dlq *q) {
     if (rc == 0) {
         rc = warren__session_nack(q->sess, 0, 1, 1);
     }
+    /* The broker requeues asynchronously; a synchronous call on the same
+     * channel returns only after the queue has taken them back, so a
+     * command run right after this one sees the full depth. */
+    if (rc == 0) {
+        rc = warren__session_queue_info(q->sess, q->name, NULL, NULL);
+    }
     q->consuming = 0;
     q->held = 0;
     return rc;
@@ -242,11 +248,11 @@ static int replay_one(warren__dlq *q, const warren__dlq_ops *ops,
                       const warren__dlq_entry *e, const warren__delivery *d) {
     int64_t now = warren__now_ms();
     if (q->store && e->has_dedup_id) {
-        int rc = warren__store_forget(q->store, e->queue, e->id, now);
+        int rc = warren__store_forget_dead(q->store, e->queue, e->id, now);
         if (rc == WARREN_ERR_STORE_BUSY) {
             warren__log(WARREN_LOG_WARN,
-                        &(warren__log_fields){"dlq_skip", e->queue, e->id,
-                                              NULL, -1, -1},
+                        &(warren__log_fields){"dlq_skip", e->queue, e->id, NULL,
+                                              -1, -1},
                         "not replayed: %s", warren__store_errstr(q->store));
             return 0;
         }
@@ -312,13 +318,12 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
             break;
         }
         if (got == 0) {
-            warren__log(WARREN_LOG_WARN,
-                        &(warren__log_fields){"dlq_short", q->name, NULL, NULL,
-                                              -1, -1},
-                        "read %llu of %u dead letters; the rest did not "
-                        "arrive within %d ms (another consumer on the DLQ?)",
-                        (unsigned long long)st->scanned, q->depth,
-                        READ_IDLE_MS);
+            warren__log(
+                WARREN_LOG_WARN,
+                &(warren__log_fields){"dlq_short", q->name, NULL, NULL, -1, -1},
+                "read %llu of %u dead letters; the rest did not "
+                "arrive within %d ms (another consumer on the DLQ?)",
+                (unsigned long long)st->scanned, q->depth, READ_IDLE_MS);
             break;
         }
         st->scanned++;
@@ -384,6 +389,10 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
         }
         warren__session_release(q->sess);
     }
+    warren__log(WARREN_LOG_DEBUG,
+                &(warren__log_fields){"dlq_read", q->name, NULL, NULL, -1,
+                                      warren__mono_ms() - start},
+                "read %llu dead letters", (unsigned long long)st->scanned);
     /* Settle what is in flight even after an error: a confirmed copy must
      * not leave its DLQ copy behind if it can be helped. */
     if (!warren__session_broken(q->sess)) {
@@ -398,6 +407,10 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
     if (ops->stop && *ops->stop) {
         st->interrupted = 1;
     }
+    warren__log(WARREN_LOG_DEBUG,
+                &(warren__log_fields){"dlq_released", q->name, NULL, NULL, -1,
+                                      warren__mono_ms() - start},
+                "settled and released");
     warren__delivery_free(&d);
     return rc;
 }

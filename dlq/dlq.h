@@ -45,8 +45,8 @@ typedef struct {
     const char *error_sub; /* substring of x-warren-error; NULL: any */
     regex_t error_re;      /* valid when has_re */
     int has_re;
-    int64_t since_ms; /* dead-at >= since; 0: no bound */
-    int64_t until_ms; /* dead-at < until; 0: no bound */
+    int64_t since_ms;                     /* dead-at >= since; 0: no bound */
+    int64_t until_ms;                     /* dead-at < until; 0: no bound */
     const char *ids[WARREN__DLQ_MAX_IDS]; /* borrowed */
     int n_ids;
     long limit; /* act on at most this many matches; 0: all */
@@ -66,7 +66,7 @@ int warren__dlq_filter_is_empty(const warren__dlq_filter *f);
 /* What list shows of a dead letter. The const char * fields point into
  * per-thread buffers, valid until the next warren__dlq_entry_fill. */
 typedef struct {
-    uint64_t position; /* 1-based place in the DLQ when read */
+    uint64_t position;           /* 1-based place in the DLQ when read */
     char id[WARREN__ID_MAX + 1]; /* dedup id, else message_id, else "" */
     const char *queue;           /* x-warren-queue, else the consumer's */
     const char *exchange;        /* x-warren-exchange, "" if absent */
@@ -170,10 +170,10 @@ typedef struct {
     /* Called after every window of acks. May be NULL. */
     void (*progress)(const warren__dlq_stats *st, void *user);
     void *user;
-    const char *to_queue; /* replay target instead of x-warren-queue */
-    int clean;            /* replay: drop failure history */
-    double rate_per_s;    /* replay: pace; 0 unlimited */
-    int window;           /* publishes per confirm wait; 0: 256 */
+    const char *to_queue;        /* replay target instead of x-warren-queue */
+    int clean;                   /* replay: drop failure history */
+    double rate_per_s;           /* replay: pace; 0 unlimited */
+    int window;                  /* publishes per confirm wait; 0: 256 */
     volatile sig_atomic_t *stop; /* set: stop selecting, settle, release */
 } warren__dlq_ops;
 

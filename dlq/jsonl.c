@@ -359,7 +359,8 @@ static int bytes_from(dec *d, const cJSON *j, const char *what,
         len = strlen(j->valuestring);
     } else if (cJSON_IsObject(j) &&
                cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "base64"))) {
-        const char *s = cJSON_GetObjectItemCaseSensitive(j, "base64")->valuestring;
+        const char *s =
+            cJSON_GetObjectItemCaseSensitive(j, "base64")->valuestring;
         int rc = warren__base64_decode(s, strlen(s), &tmp, &len);
         if (rc != 0) {
             return rc == WARREN_ERR_NOMEM
@@ -403,8 +404,7 @@ static int i64_from(dec *d, const cJSON *j, const char *what, int64_t *out) {
     errno = 0;
     long long v = strtoll(j->valuestring, &end, 10);
     if (*end != '\0' || errno != 0) {
-        return bad(d, "%s: '%s' is not a 64-bit integer", what,
-                   j->valuestring);
+        return bad(d, "%s: '%s' is not a 64-bit integer", what, j->valuestring);
     }
     *out = v;
     return 0;
@@ -558,14 +558,15 @@ static int table_from(dec *d, const cJSON *j, const char *what, int depth,
         return bad(d, "%s: nested deeper than %d", what, MAX_DEPTH);
     }
     if (!cJSON_IsArray(j)) {
-        return bad(d, "%s: expected an array of {\"name\", \"kind\", "
-                      "\"value\"}",
+        return bad(d,
+                   "%s: expected an array of {\"name\", \"kind\", "
+                   "\"value\"}",
                    what);
     }
     int n = cJSON_GetArraySize(j), i = 0;
     out->num_entries = n;
-    out->entries = n ? amqp_pool_alloc(d->pool, sizeof *out->entries * n)
-                     : NULL;
+    out->entries =
+        n ? amqp_pool_alloc(d->pool, sizeof *out->entries * n) : NULL;
     if (n && out->entries == NULL) {
         return WARREN_ERR_NOMEM;
     }
@@ -603,8 +604,8 @@ static int array_from(dec *d, const cJSON *j, const char *what, int depth,
     }
     int n = cJSON_GetArraySize(j), i = 0;
     out->num_entries = n;
-    out->entries = n ? amqp_pool_alloc(d->pool, sizeof *out->entries * n)
-                     : NULL;
+    out->entries =
+        n ? amqp_pool_alloc(d->pool, sizeof *out->entries * n) : NULL;
     if (n && out->entries == NULL) {
         return WARREN_ERR_NOMEM;
     }
@@ -633,8 +634,8 @@ int warren__dlq_from_json(const char *line, size_t len, amqp_pool_t *pool,
     cJSON *root = cJSON_ParseWithLength(line, len);
     if (root == NULL) {
         const char *at = cJSON_GetErrorPtr();
-        long off = at && at >= line && at <= line + len ? (long)(at - line)
-                                                        : -1;
+        long off =
+            at && at >= line && at <= line + len ? (long)(at - line) : -1;
         rc = bad(&d, "not valid JSON (near byte %ld)", off + 1);
         goto out;
     }

@@ -46,8 +46,7 @@ int warren__dlq_parse_duration(const char *s, int64_t *ms, char *err,
         break;
     default:
         snprintf(err, errlen,
-                 "'%s' is not a duration: the unit must be s, m, h, d or w",
-                 s);
+                 "'%s' is not a duration: the unit must be s, m, h, d or w", s);
         return WARREN_ERR_INVAL;
     }
     /* Ten years is far beyond any retention; refusing more keeps the
@@ -310,9 +309,8 @@ void warren__dlq_entry_fill(warren__dlq_entry *e, const warren__consumer_cfg *c,
     e->first_failed_at_ms = hdr_int(msg, "x-warren-first-failed-at", 0);
     e->replays = hdr_int(msg, "x-warren-replays", 0);
     e->body_len = msg->body_len;
-    if (c->dedup &&
-        warren__msgid_extract(c, msg, e->id, why, sizeof why) ==
-            WARREN__ID_USE) {
+    if (c->dedup && warren__msgid_extract(c, msg, e->id, why, sizeof why) ==
+                        WARREN__ID_USE) {
         e->has_dedup_id = 1;
     } else if (msg->amqp_message_id) {
         snprintf(e->id, sizeof e->id, "%s", msg->amqp_message_id);
@@ -324,9 +322,9 @@ void warren__dlq_entry_fill(warren__dlq_entry *e, const warren__consumer_cfg *c,
 /* ---- replay headers ---------------------------------------------------- */
 
 static const char *failure_headers[] = {
-    "x-warren-queue",           "x-warren-exchange", "x-warren-routing-key",
-    "x-warren-attempts",        "x-warren-error",    "x-warren-first-failed-at",
-    "x-warren-dead-at",         "x-warren-worker"};
+    "x-warren-queue",    "x-warren-exchange", "x-warren-routing-key",
+    "x-warren-attempts", "x-warren-error",    "x-warren-first-failed-at",
+    "x-warren-dead-at",  "x-warren-worker"};
 #define N_FAILURE (sizeof failure_headers / sizeof failure_headers[0])
 
 static int key_is(amqp_bytes_t k, const char *name) {

@@ -180,8 +180,8 @@ static int group_teardown(void **state) {
 }
 
 static long list_count(const char *const extra[]) {
-    const char *args[32] = {"dlq", "list", "-c", g.cfg, "--queue", g.q,
-                            "--json"};
+    const char *args[32] = {"dlq",     "list", "-c",    g.cfg,
+                            "--queue", g.q,    "--json"};
     int n = 7;
     for (int i = 0; extra && extra[i]; i++) {
         args[n++] = extra[i];
@@ -200,10 +200,9 @@ static void test_list_and_filters_count_exactly(void **state) {
     assert_int_equal(list_count(NULL), N_DEAD);
     assert_int_equal(list_count((const char *[]){"--error", "alpha", NULL}),
                      334);
-    assert_int_equal(
-        list_count((const char *[]){"--error-re", "^reason (beta|gamma):",
-                                    NULL}),
-        666);
+    assert_int_equal(list_count((const char *[]){
+                         "--error-re", "^reason (beta|gamma):", NULL}),
+                     666);
     assert_int_equal(
         list_count((const char *[]){"--id", "m-5", "--id", "m-6", NULL}), 2);
     assert_int_equal(list_count((const char *[]){"--since", "1h", NULL}),
@@ -257,16 +256,16 @@ static void test_list_twice_sees_the_same_order(void **state) {
 
 static void test_show_prints_headers_and_pretty_body(void **state) {
     (void)state;
-    const char *args[] = {"dlq", "show", "-c", g.cfg, "--queue", g.q, "m-3",
-                          NULL};
+    const char *args[] = {"dlq",     "show", "-c",  g.cfg,
+                          "--queue", g.q,    "m-3", NULL};
     assert_int_equal(run_warren(args), 0);
     assert_true(out_has("id:        m-3"));
     assert_true(out_has("x-warren-error (string): \"reason alpha"));
     assert_true(out_has("x-warren-attempts (i64): 1"));
     assert_true(out_has("body (")); /* JSON, pretty-printed */
     assert_true(out_has("\"id\":\t\"m-3\""));
-    const char *missing[] = {"dlq", "show", "-c", g.cfg, "--queue", g.q,
-                             "no-such-id", NULL};
+    const char *missing[] = {"dlq",     "show", "-c",         g.cfg,
+                             "--queue", g.q,    "no-such-id", NULL};
     assert_int_equal(run_warren(missing), 1);
     assert_true(out_has("no dead letter with id 'no-such-id'"));
     assert_int_equal(itest_queue_depth(g.conn, g.dlq), N_DEAD);
@@ -276,8 +275,8 @@ static void test_dry_run_changes_nothing(void **state) {
     (void)state;
     long before_dlq = itest_queue_depth(g.conn, g.dlq);
     long before_q = itest_queue_depth(g.conn, g.q);
-    const char *args[] = {"dlq",   "replay",  "-c",        g.cfg, "--queue",
-                          g.q,     "--error", "alpha",     "--dry-run", NULL};
+    const char *args[] = {"dlq", "replay",  "-c",    g.cfg,       "--queue",
+                          g.q,   "--error", "alpha", "--dry-run", NULL};
     assert_int_equal(run_warren(args), 0);
     assert_int_equal(out_lines("would replay "), 334);
     assert_true(out_has("dry run: would replay 334, nothing changed"));
@@ -289,8 +288,8 @@ static void test_replay_one_reason_runs_exactly_those_once(void **state) {
     (void)state;
     setenv("FIXED_ALPHA", "1", 1);
     pid_t w = start_worker();
-    const char *args[] = {"dlq", "replay",  "-c",    g.cfg,
-                          "--queue", g.q,   "--error", "reason alpha", NULL};
+    const char *args[] = {"dlq", "replay",  "-c",           g.cfg, "--queue",
+                          g.q,   "--error", "reason alpha", NULL};
     int rc = run_warren(args);
     if (rc != 0 || !out_has("replayed 334, skipped 0, failed 0")) {
         dump_out();
@@ -325,15 +324,15 @@ static void test_replay_one_reason_runs_exactly_those_once(void **state) {
 static void test_purge_by_id_removes_only_that_one(void **state) {
     (void)state;
     long before = itest_queue_depth(g.conn, g.dlq);
-    const char *args[] = {"dlq", "purge", "-c", g.cfg, "--queue", g.q,
-                          "--id", "m-1", NULL};
+    const char *args[] = {"dlq", "purge", "-c",  g.cfg, "--queue",
+                          g.q,   "--id",  "m-1", NULL};
     assert_int_equal(run_warren(args), 0);
     assert_true(out_has("removing m-1 "));
     assert_true(out_has("removed 1"));
     assert_int_equal(itest_queue_depth(g.conn, g.dlq), before - 1);
     assert_int_equal(list_count((const char *[]){"--id", "m-1", NULL}), 0);
-    const char *all[] = {"dlq", "purge", "-c", g.cfg, "--queue", g.q, "--all",
-                         NULL};
+    const char *all[] = {"dlq",     "purge", "-c",    g.cfg,
+                         "--queue", g.q,     "--all", NULL};
     assert_int_equal(run_warren(all), 2); /* not a TTY: --yes required */
     assert_true(out_has("add --yes"));
     assert_int_equal(itest_queue_depth(g.conn, g.dlq), before - 1);
@@ -368,9 +367,8 @@ test_sigint_mid_paced_replay_loses_and_doubles_nothing(void **state) {
     itest_queue_purge(g.conn, g.dlq2);
     itest_queue_purge(g.conn, g.q2);
     seed_dlq2(N);
-    const char *args[] = {"dlq",    "replay", "-c",     g.cfg, "--queue",
-                          g.q2,     "--all",  "--yes",  "--rate", "400",
-                          NULL};
+    const char *args[] = {"dlq",   "replay", "-c",     g.cfg, "--queue", g.q2,
+                          "--all", "--yes",  "--rate", "400", NULL};
     unlink(g.out);
     pid_t pid = itest_spawn_warren(args, g.out);
     /* The DLQ's ready count drops at once (the tool holds everything
@@ -526,14 +524,13 @@ static void test_export_then_import_gives_back_the_same_bytes(void **state) {
     itest_publish_headers(g.conn, "", g.dlq2, "rt-2", "{\"a\":1}", 7, &t);
     itest_msg orig[1];
     /* basic.reject with requeue puts it back at the head */
-    assert_int_equal(itest_get(g.conn, g.dlq2, &orig[0], ITEST_GET_REQUEUE),
-                     1);
+    assert_int_equal(itest_get(g.conn, g.dlq2, &orig[0], ITEST_GET_REQUEUE), 1);
     assert_string_equal(orig[0].message_id, "rt-1");
     char file[600];
     snprintf(file, sizeof file, "%s/export.jsonl", g.dir);
     unlink(file);
-    const char *ex[] = {"dlq", "export", "-c", g.cfg, "--queue", g.q2,
-                        "--out", file, "--remove", NULL};
+    const char *ex[] = {"dlq", "export", "-c", g.cfg,      "--queue",
+                        g.q2,  "--out",  file, "--remove", NULL};
     assert_int_equal(run_warren(ex), 0);
     assert_true(out_has("exported 2"));
     struct stat sb;
@@ -543,8 +540,8 @@ static void test_export_then_import_gives_back_the_same_bytes(void **state) {
     assert_int_equal(itest_queue_depth(g.conn, g.dlq2), 0);
     assert_int_equal(run_warren(ex), 2); /* exists: --force needed */
     assert_true(out_has("--force"));
-    const char *im[] = {"dlq", "import", "-c", g.cfg, "--queue", g.q2,
-                        "--in", file, NULL};
+    const char *im[] = {"dlq", "import", "-c", g.cfg, "--queue",
+                        g.q2,  "--in",   file, NULL};
     assert_int_equal(run_warren(im), 0);
     assert_true(out_has("imported 2"));
     itest_msg back;
@@ -554,8 +551,7 @@ static void test_export_then_import_gives_back_the_same_bytes(void **state) {
     assert_memory_equal(back.body, body, sizeof body);
     assert_true(table_equal(&orig[0].raw.properties.headers,
                             &back.raw.properties.headers));
-    assert_int_equal(back.raw.properties._flags,
-                     orig[0].raw.properties._flags);
+    assert_int_equal(back.raw.properties._flags, orig[0].raw.properties._flags);
     itest_msg_free(&back);
     assert_int_equal(itest_get(g.conn, g.dlq2, &back, 0), 1);
     assert_string_equal(back.message_id, "rt-2");
@@ -567,20 +563,19 @@ static void test_export_then_import_gives_back_the_same_bytes(void **state) {
 
 static void test_bad_inputs_exit_2_with_clear_errors(void **state) {
     (void)state;
-    const char *unknown[] = {"dlq", "list", "-c", g.cfg, "--queue", "nope",
-                             NULL};
+    const char *unknown[] = {"dlq",     "list", "-c", g.cfg,
+                             "--queue", "nope", NULL};
     assert_int_equal(run_warren(unknown), 2);
     assert_true(out_has("no consumer reads queue 'nope'"));
-    const char *since[] = {"dlq", "list", "-c", g.cfg, "--queue", g.q,
-                           "--since", "last tuesday", NULL};
+    const char *since[] = {"dlq", "list",    "-c",           g.cfg, "--queue",
+                           g.q,   "--since", "last tuesday", NULL};
     assert_int_equal(run_warren(since), 2);
     assert_true(out_has("--since: 'last tuesday' is neither"));
-    const char *re[] = {"dlq", "purge", "-c", g.cfg, "--queue", g.q,
-                        "--error-re", "([", NULL};
+    const char *re[] = {"dlq", "purge",      "-c", g.cfg, "--queue",
+                        g.q,   "--error-re", "([", NULL};
     assert_int_equal(run_warren(re), 2);
     assert_true(out_has("--error-re '(['"));
-    const char *nosel[] = {"dlq", "replay", "-c", g.cfg, "--queue", g.q,
-                           NULL};
+    const char *nosel[] = {"dlq", "replay", "-c", g.cfg, "--queue", g.q, NULL};
     assert_int_equal(run_warren(nosel), 2);
     assert_true(out_has("say which dead letters"));
     char file[600];
@@ -589,15 +584,15 @@ static void test_bad_inputs_exit_2_with_clear_errors(void **state) {
                            "{\"v\":1,\"body\":\n"
                            "{\"v\":1,\"body\":\"after\"}\n");
     itest_queue_purge(g.conn, g.dlq2);
-    const char *im[] = {"dlq", "import", "-c", g.cfg, "--queue", g.q2,
-                        "--in", file, NULL};
+    const char *im[] = {"dlq", "import", "-c", g.cfg, "--queue",
+                        g.q2,  "--in",   file, NULL};
     assert_int_equal(run_warren(im), 2);
     char want[700];
     snprintf(want, sizeof want, "%s:2: not valid JSON", file);
     assert_true(out_has(want));
     assert_int_equal(itest_queue_depth(g.conn, g.dlq2), 1); /* line 1 only */
-    const char *skip[] = {"dlq", "import", "-c", g.cfg, "--queue", g.q2,
-                          "--in", file, "--skip-bad", NULL};
+    const char *skip[] = {"dlq", "import", "-c", g.cfg,        "--queue",
+                          g.q2,  "--in",   file, "--skip-bad", NULL};
     assert_int_equal(run_warren(skip), 10);
     assert_int_equal(itest_queue_depth(g.conn, g.dlq2), 3);
     itest_queue_delete(g.conn, g.dlq2);

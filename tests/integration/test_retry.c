@@ -229,6 +229,21 @@ test_always_failing_runs_max_attempts_then_dead_with_headers(void **state) {
     assert_int_equal(v->value.bytes.len, strlen(f.q1));
     assert_null(itest_msg_header(&m, "x-death"));
     itest_msg_free(&m);
+    /* `warren status` reports the dead letter and the store's dead record
+     * (the letter was taken above: publish it back first). */
+    itest_publish(f.conn, "", dlq, "dead-1", "{\"x\":1}", 7);
+    char cmd[900], out[4096] = "";
+    setenv("WARREN_URL", itest_url(), 1);
+    snprintf(cmd, sizeof cmd, "%s status -c %s --json", itest_warren_bin(),
+             f.cfg);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = '\0';
+    assert_int_equal(pclose(p), 0);
+    unsetenv("WARREN_URL");
+    assert_non_null(strstr(out, "\"dlq_depth\":\t1"));
+    assert_non_null(strstr(out, "\"dead\":\t1"));
     fx_teardown(&f);
 }
 

@@ -32,8 +32,9 @@ static void test_durations_parse_each_unit_and_refuse_junk(void **state) {
     assert_int_equal(ms, 3 * 86400000LL);
     assert_int_equal(warren__dlq_parse_duration("1w", &ms, err, sizeof err), 0);
     assert_int_equal(ms, 7 * 86400000LL);
-    const char *bad[] = {"", "h", "0h", "2", "2x", "2hh", "-3d", "1.5h",
-                         "99999999999999999999d"};
+    const char *bad[] = {"",    "h",    "0h",
+                         "2",   "2x",   "2hh",
+                         "-3d", "1.5h", "99999999999999999999d"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(
             warren__dlq_parse_duration(bad[i], &ms, err, sizeof err),
@@ -47,17 +48,17 @@ static void test_iso8601_times_with_zones_and_relative_times(void **state) {
     char err[256];
     int64_t t;
     /* 2026-11-26T05:00:00Z = 1795662000 s */
-    assert_int_equal(warren__dlq_parse_time("2026-11-26T05:00:00Z", 0, &t, err,
-                                            sizeof err),
-                     0);
+    assert_int_equal(
+        warren__dlq_parse_time("2026-11-26T05:00:00Z", 0, &t, err, sizeof err),
+        0);
     assert_int_equal(t, 1795669200000LL);
     assert_int_equal(warren__dlq_parse_time("2026-11-26T06:00:00+01:00", 0, &t,
                                             err, sizeof err),
                      0);
     assert_int_equal(t, 1795669200000LL);
-    assert_int_equal(warren__dlq_parse_time("2026-11-26T04:30-0030", 0, &t,
-                                            err, sizeof err),
-                     0);
+    assert_int_equal(
+        warren__dlq_parse_time("2026-11-26T04:30-0030", 0, &t, err, sizeof err),
+        0);
     assert_int_equal(t, 1795669200000LL);
     assert_int_equal(warren__dlq_parse_time("2026-11-26T05:00:00.250Z", 0, &t,
                                             err, sizeof err),
@@ -74,9 +75,8 @@ static void test_iso8601_times_with_zones_and_relative_times(void **state) {
                          "2026-11-26T05",       "yesterday",
                          "2026-11-26T05:00+99", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_equal(
-            warren__dlq_parse_time(bad[i], 0, &t, err, sizeof err),
-            WARREN_ERR_INVAL);
+        assert_int_equal(warren__dlq_parse_time(bad[i], 0, &t, err, sizeof err),
+                         WARREN_ERR_INVAL);
     }
 }
 
@@ -137,8 +137,9 @@ static void test_bad_regex_is_reported_with_regerror_text(void **state) {
     warren__dlq_filter f;
     char err[256];
     warren__dlq_filter_init(&f);
-    assert_int_equal(warren__dlq_filter_set_re(&f, "(unclosed", err, sizeof err),
-                     WARREN_ERR_INVAL);
+    assert_int_equal(
+        warren__dlq_filter_set_re(&f, "(unclosed", err, sizeof err),
+        WARREN_ERR_INVAL);
     assert_non_null(strstr(err, "(unclosed"));
     assert_false(f.has_re);
     warren__dlq_filter_free(&f);
@@ -197,9 +198,9 @@ test_replay_moves_failure_headers_to_history_and_counts_replays(void **state) {
     assert_int_equal(find(&out, "x-warren-replayed-at")->value.i64, 999);
     int replays = 0;
     for (int i = 0; i < out.num_entries; i++) {
-        replays += out.entries[i].key.len == 16 &&
-                   memcmp(out.entries[i].key.bytes, "x-warren-replays", 16) ==
-                       0;
+        replays +=
+            out.entries[i].key.len == 16 &&
+            memcmp(out.entries[i].key.bytes, "x-warren-replays", 16) == 0;
     }
     assert_int_equal(replays, 1);
 
@@ -286,12 +287,13 @@ static int value_equal(const amqp_field_value_t *a,
     }
 }
 
-static const uint8_t binary_body[] = {0x00, 0xff, 0xfe, 0x80, 'a', 0x00,
-                                      0xc3, 0x28, 0x01, 0x7f};
+static const uint8_t binary_body[] = {0x00, 0xff, 0xfe, 0x80, 'a',
+                                      0x00, 0xc3, 0x28, 0x01, 0x7f};
 
 /* Every kind rabbitmq-c knows, including nesting and a non-UTF-8 key. */
 static void build_all_kinds(amqp_table_entry_t *e, int *n,
-                            amqp_field_value_t *arr, amqp_table_entry_t *inner) {
+                            amqp_field_value_t *arr,
+                            amqp_table_entry_t *inner) {
     int i = 0;
 #define KV(k, kindv) (e[i].key = amqp_cstring_bytes(k), e[i].value.kind = kindv)
     KV("bool", AMQP_FIELD_KIND_BOOLEAN);
@@ -326,8 +328,8 @@ static void build_all_kinds(amqp_table_entry_t *e, int *n,
     KV("str", AMQP_FIELD_KIND_UTF8);
     e[i++].value.value.bytes = amqp_cstring_bytes("h\xc3\xa9llo \"q\" \n");
     KV("bin", AMQP_FIELD_KIND_BYTES);
-    e[i++].value.value.bytes = (amqp_bytes_t){sizeof binary_body,
-                                              (void *)binary_body};
+    e[i++].value.value.bytes =
+        (amqp_bytes_t){sizeof binary_body, (void *)binary_body};
     KV("void", AMQP_FIELD_KIND_VOID);
     i++;
     arr[0].kind = AMQP_FIELD_KIND_I32;
@@ -405,12 +407,13 @@ test_jsonl_round_trip_keeps_every_header_kind_and_binary_body(void **state) {
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof p);
     p._flags = AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-               AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-               AMQP_BASIC_PRIORITY_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
-               AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_EXPIRATION_FLAG |
-               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-               AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_USER_ID_FLAG |
-               AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_CLUSTER_ID_FLAG;
+               AMQP_BASIC_CONTENT_ENCODING_FLAG |
+               AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_PRIORITY_FLAG |
+               AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
+               AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG |
+               AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_TYPE_FLAG |
+               AMQP_BASIC_USER_ID_FLAG | AMQP_BASIC_APP_ID_FLAG |
+               AMQP_BASIC_CLUSTER_ID_FLAG;
     p.content_type = amqp_cstring_bytes("application/octet-stream");
     p.content_encoding = amqp_cstring_bytes("gzip");
     p.delivery_mode = 2;

@@ -1016,6 +1016,26 @@ test_last_error_is_truncated_to_field_at_utf8_boundary(void **state) {
     assert_int_equal(n % 2, 1); /* 'a' plus whole 2-byte characters */
 }
 
+static void test_forget_dead_releases_dead_and_keeps_done(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "dead1", WARREN__OUT_DEAD, "x", T0 + 1), 0);
+    assert_int_equal(claim1(f->a, Q, "done1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "done1", WARREN__OUT_DONE, NULL, T0 + 1), 0);
+    /* dlq replay: a dead id is released and may run again... */
+    assert_int_equal(warren__store_forget_dead(f->a, Q, "dead1", T0 + 2), 0);
+    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0 + 3, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    /* ...but a done id stays done, so a second replay is a duplicate. */
+    assert_int_equal(warren__store_forget_dead(f->a, Q, "done1", T0 + 2),
+                     WARREN_ERR_NOT_FOUND);
+    assert_state(f, "done1", "done");
+    assert_int_equal(warren__store_forget_dead(f->a, Q, "none", T0 + 2),
+                     WARREN_ERR_NOT_FOUND);
+}
+
 static void test_forget_lets_an_id_run_again(void **state) {
     fixture *f = *state;
     warren__claim c;
@@ -1118,6 +1138,7 @@ int main(void) {
         T(test_overlong_id_is_refused),
         T(test_last_error_is_truncated_to_field_at_utf8_boundary),
         T(test_forget_lets_an_id_run_again),
+        T(test_forget_dead_releases_dead_and_keeps_done),
         T(test_stats_counts_rows_per_queue_and_state),
         T(test_close_null_is_noop_and_path_is_kept),
     };
