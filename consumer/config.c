@@ -1058,6 +1058,10 @@ static void parse_consumers(parser *p, const cJSON *root, warren_config *cfg) {
     for (i = 0; i < n && p->rc == 0; i++) {
         for (int j = 0; j < n && p->rc == 0; j++) {
             char field[FIELD_MAX];
+            if (cfg->consumers[i].queue == NULL ||
+                cfg->consumers[j].queue == NULL) {
+                continue; /* only after out of memory, already reported */
+            }
             if (j < i &&
                 strcmp(cfg->consumers[i].queue, cfg->consumers[j].queue) == 0) {
                 snprintf(field, sizeof field, "consumers[%d].queue", i);

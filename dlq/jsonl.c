@@ -573,6 +573,9 @@ static int table_from(dec *d, const cJSON *j, const char *what, int depth,
     const cJSON *it;
     cJSON_ArrayForEach(it, j) {
         char sub[200];
+        if (i >= n) {
+            break; /* never: the size was counted above; tells analyzers */
+        }
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "name");
         snprintf(sub, sizeof sub, "%s[%d]", what, i);
         if (name == NULL) {
@@ -612,6 +615,9 @@ static int array_from(dec *d, const cJSON *j, const char *what, int depth,
     const cJSON *it;
     cJSON_ArrayForEach(it, j) {
         char sub[200];
+        if (i >= n) {
+            break; /* never: the size was counted above; tells analyzers */
+        }
         snprintf(sub, sizeof sub, "%s[%d]", what, i);
         int rc = value_from(d, it, sub, depth, &out->entries[i]);
         if (rc != 0) {
@@ -626,7 +632,7 @@ int warren__dlq_from_json(const char *line, size_t len, amqp_pool_t *pool,
                           amqp_basic_properties_t *p, uint8_t **body,
                           size_t *body_len, char *err, size_t errlen) {
     dec d = {pool, err, errlen};
-    amqp_bytes_t b;
+    amqp_bytes_t b = {0, NULL};
     int rc;
     memset(p, 0, sizeof *p);
     *body = NULL;
