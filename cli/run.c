@@ -304,6 +304,13 @@ int cmd_run(int argc, char **argv) {
     if (cfg == NULL) {
         return EXIT_USAGE;
     }
+    if (workers) {
+        /* --workers overrides the file for everything that reads it,
+         * including each worker's share of rate_limit_per_s. */
+        for (int i = 0; i < cfg->n_consumers; i++) {
+            cfg->consumers[i].workers = workers;
+        }
+    }
     int n = 0;
     for (int i = 0; i < cfg->n_consumers; i++) {
         n += workers ? workers : cfg->consumers[i].workers;

@@ -13,12 +13,17 @@
  *   5. only then acknowledge (one multiple-ack where the tags allow).
  * A failure at any step leaves the affected originals unacknowledged, so
  * the broker redelivers them and the store keeps them from running twice.
+ * Before each handler call the circuit breaker and the rate limiter have
+ * their say: an open breaker hands the rest of the batch back and closes
+ * the connection until open_s has passed (see pause_for_breaker()).
  */
 #include "backoff.h"
+#include "breaker.h"
 #include "ctx.h"
 #include "handler.h"
 #include "log.h"
 #include "msgid.h"
+#include "ratelimit.h"
 #include "session.h"
 #include "store.h"
 #include "topology.h"
@@ -44,6 +49,12 @@
 #define PRUNE_BATCH 500
 #define RECONNECT_MIN_MS 500
 #define RECONNECT_MAX_MS 30000
+/* Sleep step while waiting for a rate-limit token, and how often such a
+ * wait answers heartbeats. */
+#define TOKEN_STEP_MS 20
+#define TOKEN_SERVICE_MS 1000
+/* consume_loop()'s answer when the breaker is open: not an error. */
+#define BREAKER_PAUSE 1
 
 typedef enum {
     FATE_NONE = 0, /* not decided yet: run the handler */
@@ -86,6 +97,8 @@ struct warren_worker {
     char worker_name[160];
     char err[2048];
     uint64_t stats[WARREN_STAT_DEFERRED + 1];
+    warren__breaker breaker;
+    warren__ratelimit rate;
 
     warren__delivery *slots;
     item *items;
@@ -483,6 +496,32 @@ static int claim(warren_worker *w, int n, int n_claims) {
     return 0;
 }
 
+/* Waits for a rate-limit token. Returns 0 with one taken, or -1 if asked
+ * to stop first. Heartbeats are answered while waiting, since at a low
+ * rate a single wait can outlast them. */
+static int wait_for_token(warren_worker *w) {
+    int64_t last_service = warren__mono_ms();
+    for (;;) {
+        int64_t now = warren__mono_ms();
+        int64_t wait = warren__ratelimit_take(&w->rate, now);
+        if (wait == 0) {
+            return 0;
+        }
+        if (w->stop) {
+            return -1;
+        }
+        if (now - last_service >= TOKEN_SERVICE_MS) {
+            warren__session_service(w->sess);
+            last_service = now;
+        }
+        if (wait > TOKEN_STEP_MS) {
+            wait = TOKEN_STEP_MS;
+        }
+        struct timespec ts = {0, (long)wait * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Step 2: handlers. */
 static void run_handlers(warren_worker *w, int n) {
     for (int i = 0; i < n; i++) {
@@ -493,6 +532,16 @@ static void run_handlers(warren_worker *w, int n) {
         }
         if (w->stop) {
             /* Asked to stop: what has not started goes back untouched. */
+            it->fate = FATE_REQUEUE;
+            continue;
+        }
+        if (!warren__breaker_allow(&w->breaker, warren__mono_ms())) {
+            /* The breaker opened during this batch: the rest waits in the
+             * queue, its claims released, no attempt spent. */
+            it->fate = FATE_REQUEUE;
+            continue;
+        }
+        if (wait_for_token(w) != 0) {
             it->fate = FATE_REQUEUE;
             continue;
         }
@@ -507,6 +556,9 @@ static void run_handlers(warren_worker *w, int n) {
         int64_t t0 = warren__mono_ms();
         warren_result r = warren__handler_call(w->handler, m, &w->ctx);
         int64_t ms = warren__mono_ms() - t0;
+        /* A timed-out exec handler comes back as RETRY: every result but
+         * ACK is a failure to the breaker. */
+        warren__breaker_record(&w->breaker, r != WARREN_ACK, t0 + ms);
         if (w->ctx.db_used) {
             if (r == WARREN_ACK) {
                 warren__store_savepoint_release(w->store);
@@ -936,11 +988,23 @@ static void maybe_prune(warren_worker *w) {
     }
 }
 
-/* Consumes until stopped or the session fails. */
+/* Consumes until stopped or the session fails; returns BREAKER_PAUSE when
+ * the breaker is open. */
 static int consume_loop(warren_worker *w) {
     int batch_max = w->c->batch_max;
+    double burst = warren__ratelimit_burst(&w->rate);
+    if (burst > 0 && burst < (double)batch_max) {
+        /* A batch is claimed as a whole before its handlers run: under a
+         * rate limit keep it to what the bucket releases in about 0.1 s,
+         * so claims stay short and outcomes commit (and acks go out)
+         * steadily instead of after a long paced run. */
+        batch_max = (int)burst;
+    }
     while (!w->stop) {
         int n = 0;
+        if (warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
+            return BREAKER_PAUSE;
+        }
         int rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
                                       POLL_MS);
         if (rc < 0) {
@@ -983,6 +1047,27 @@ static void sleep_ms(warren_worker *w, int64_t ms) {
     }
 }
 
+/* The breaker is open; the caller has closed the connection, so the broker
+ * requeues everything it had prefetched to us (never claimed, so no
+ * attempt is spent) and delivers nothing more. Waits out open_s, then the
+ * caller reconnects and the breaker, now half-open, lets its trials
+ * through. Closing is simpler than basic.cancel: after a cancel the
+ * deliveries already sent stay unacked on the channel and must each be
+ * nacked, and the idle connection's heartbeats must be serviced. */
+static void pause_for_breaker(warren_worker *w) {
+    int64_t wait = warren__breaker_wait_ms(&w->breaker, warren__mono_ms());
+    warren__log(WARREN_LOG_INFO,
+                &(warren__log_fields){"breaker_pause", w->c->queue, NULL, NULL,
+                                      -1, wait},
+                "breaker open: not consuming for %lld ms (connection closed, "
+                "prefetched messages back in the queue)",
+                (long long)wait);
+    sleep_ms(w, wait);
+    if (!w->stop) {
+        warren__breaker_wait_ms(&w->breaker, warren__mono_ms());
+    }
+}
+
 int warren_worker_run(warren_worker *w) {
     int rc, ever_connected = 0, first_tries = 0;
     int64_t backoff_ms = RECONNECT_MIN_MS;
@@ -1001,6 +1086,14 @@ int warren_worker_run(warren_worker *w) {
         return WARREN_ERR_NOMEM;
     }
     init_amqp_pool(&w->pool, 16384);
+    warren__breaker_init(&w->breaker, &w->c->breaker, w->c->queue);
+    /* "Across the pool": each of the consumer's workers takes an equal
+     * share. Workers that idle leave theirs unused, so a pool whose work
+     * is uneven stays under the limit rather than reaching it. */
+    warren__ratelimit_init(&w->rate,
+                           w->c->rate_limit_per_s /
+                               (w->c->workers > 0 ? w->c->workers : 1),
+                           warren__mono_ms());
     /* Handler first: a handler that cannot load should fail before any
      * connection is made or any message is taken. */
     rc = load_handler(w);
@@ -1048,6 +1141,11 @@ int warren_worker_run(warren_worker *w) {
         }
         warren__session_free(w->sess);
         w->sess = NULL;
+        if (rc == BREAKER_PAUSE) {
+            pause_for_breaker(w);
+            rc = 0;
+            continue;
+        }
         if (rc == WARREN_ERR_STORE_FULL || rc == WARREN_ERR_STORE ||
             rc == WARREN_ERR_STORE_CORRUPT || rc == WARREN_ERR_NOMEM) {
             break;
