@@ -242,8 +242,16 @@ int warren__delay_route(uint32_t delay_ms, const char *queue, int quorum,
     if (delay_ms > WARREN__DELAY_MAX_MS) {
         delay_ms = WARREN__DELAY_MAX_MS;
     }
-    int n = snprintf(exchange, exlen, "%s%d", level_prefix(quorum),
-                     WARREN__DELAY_LEVELS - 1);
+    /* Enter the cascade at the highest set bit: the levels above it would
+     * only pass the message on, each pass costing the broker a routing
+     * step. A zero delay goes straight to the delivery exchange. */
+    int n;
+    if (delay_ms == 0) {
+        n = snprintf(exchange, exlen, "%s", delivery_exchange(quorum));
+    } else {
+        int top = 31 - __builtin_clz(delay_ms);
+        n = snprintf(exchange, exlen, "%s%d", level_prefix(quorum), top);
+    }
     if (n < 0 || (size_t)n >= exlen) {
         return -1;
     }

@@ -296,8 +296,9 @@ static void test_retry_route_deleted_under_worker_loses_nothing(void **state) {
     itest_publish(f.conn, "", f.q1, "warm-up", "{}", 2);
     lines_arg warm = {f.effects, 1};
     assert_true(itest_wait_until(has_lines, &warm, 30));
-    /* Delete the entry of the delay cascade the worker publishes to. */
-    amqp_exchange_delete(f.conn, 1, amqp_cstring_bytes("warren.delay.27"), 0);
+    /* Delete the entry of the delay cascade the worker publishes a 300 ms
+     * retry to (300 = 0b100101100: it enters at level 8). */
+    amqp_exchange_delete(f.conn, 1, amqp_cstring_bytes("warren.delay.8"), 0);
     assert_int_equal(amqp_get_rpc_reply(f.conn).reply_type,
                      AMQP_RESPONSE_NORMAL);
     itest_publish(f.conn, "", f.q1, "orphan", "{}", 2);
@@ -310,7 +311,7 @@ static void test_retry_route_deleted_under_worker_loses_nothing(void **state) {
     /* The failed publish was reported, the worker reconnected (declaring
      * the cascade again), and the message succeeded exactly once. */
     char cmd[700];
-    snprintf(cmd, sizeof cmd, "grep -q 'warren.delay.27' %s", f.log);
+    snprintf(cmd, sizeof cmd, "grep -q 'warren.delay.8' %s", f.log);
     assert_int_equal(system(cmd), 0);
     assert_int_equal(itest_count_lines(f.effects), 2);
     assert_int_equal(itest_queue_depth(f.conn, f.q1), 0);

@@ -298,23 +298,25 @@ static void test_delay_route_encodes_bits_msb_first(void **state) {
     char ex[64], rk[WARREN__NAME_MAX];
     assert_int_equal(
         warren__delay_route(0, "orders", 0, ex, sizeof ex, rk, sizeof rk), 0);
-    assert_string_equal(ex, "warren.delay.27");
+    assert_string_equal(ex, "warren.delivery"); /* no wait: no cascade */
     assert_string_equal(rk, "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0."
                             "0.0.0.0.orders");
     assert_int_equal(
         warren__delay_route(1, "orders", 1, ex, sizeof ex, rk, sizeof rk), 0);
-    assert_string_equal(ex, "warren.qdelay.27");
+    assert_string_equal(ex, "warren.qdelay.0"); /* enters at its top bit */
     assert_string_equal(rk, "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0."
                             "0.0.0.1.orders");
     /* 1000 = 0b1111101000 */
     assert_int_equal(
         warren__delay_route(1000, "orders", 0, ex, sizeof ex, rk, sizeof rk),
         0);
+    assert_string_equal(ex, "warren.delay.9");
     assert_string_equal(rk, "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.1.1.1.1.0."
                             "1.0.0.0.orders");
     assert_int_equal(warren__delay_route(WARREN__DELAY_MAX_MS, "orders", 0, ex,
                                          sizeof ex, rk, sizeof rk),
                      0);
+    assert_string_equal(ex, "warren.delay.27");
     assert_string_equal(rk, "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1."
                             "1.1.1.1.orders");
 }
