@@ -108,7 +108,8 @@ static const char *usage_dlq =
     "\n"
     "exit codes: 0 done (also after Ctrl-C), 1 runtime failure or show ID\n"
     "not found, 2 bad usage/config/filter/JSONL or no such DLQ, 3 broker\n"
-    "unreachable, 8 store unusable, 10 some messages failed. See docs/dlq.md.\n";
+    "unreachable, 8 store unusable, 10 some messages failed. See "
+    "docs/dlq.md.\n";
 
 void cli_error(const char *fmt, ...) {
     va_list ap;
@@ -176,12 +177,13 @@ static int help(const char *cmd) {
     } else if (strcmp(cmd, "dlq") == 0) {
         fputs(usage_dlq, stdout);
     } else if (strcmp(cmd, "status") == 0) {
-        fputs("usage: warren status -c FILE [--json]\n"
-              "\n"
-              "Per consumer: ready messages and consumers attached, messages\n"
-              "waiting in the retry delay cascade, dead letters and the age of\n"
-              "the oldest, and the store's records by state.\n",
-              stdout);
+        fputs(
+            "usage: warren status -c FILE [--json]\n"
+            "\n"
+            "Per consumer: ready messages and consumers attached, messages\n"
+            "waiting in the retry delay cascade, dead letters and the age of\n"
+            "the oldest, and the store's records by state.\n",
+            stdout);
     } else {
         cli_error("no such command '%s'; try `warren help`", cmd);
         return EXIT_USAGE;
