@@ -26,13 +26,34 @@ typedef struct {
     const char *queue;
     const char *effects;
     long want;
+    const char *log; /* the run's debug log */
 } cond_arg;
+
+/* Messages of this run settled for good: each of the TOTAL deliveries ends
+ * with one "ack" or "duplicate" line (a deferred one is logged "deferred"
+ * first and settles when its copy comes back). Without this, a stop could
+ * catch prefetched messages still unacked, and they would go back to the
+ * queue. */
+static long settled(const char *log) {
+    FILE *fp = fopen(log, "r");
+    char line[1024];
+    long n = 0;
+    if (fp == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof line, fp)) {
+        n += strstr(line, "\"outcome\":\"ack\"") != NULL ||
+             strstr(line, "\"outcome\":\"duplicate\"") != NULL;
+    }
+    fclose(fp);
+    return n;
+}
 
 /* Everything handled, nothing ready in the queue, and nothing waiting in
  * the delay cascade (a worker defers an id another worker holds). */
 static int drained(void *arg) {
     cond_arg *a = arg;
-    if (itest_count_lines(a->effects) < a->want ||
+    if (settled(a->log) < TOTAL || itest_count_lines(a->effects) < a->want ||
         itest_queue_depth(a->conn, a->queue) != 0) {
         return 0;
     }
@@ -101,12 +122,14 @@ static void
 test_quarter_repeated_ids_shuffled_each_unique_id_handled_once(void **state) {
     (void)state;
     char *dir = itest_tmpdir();
-    char queue[96], cfg[512], script[512], effects[512], log[512], text[2048];
+    char queue[96], cfg[512], script[512], effects[512], log[512], log2[512],
+        text[2048];
     snprintf(queue, sizeof queue, "it.dedup.%d", (int)getpid());
     snprintf(cfg, sizeof cfg, "%s/warren.json", dir);
     snprintf(script, sizeof script, "%s/h.sh", dir);
     snprintf(effects, sizeof effects, "%s/effects", dir);
     snprintf(log, sizeof log, "%s/warren.log", dir);
+    snprintf(log2, sizeof log2, "%s/warren2.log", dir);
     itest_write_file(script, recorder);
     assert_int_equal(chmod(script, 0700), 0);
     snprintf(text, sizeof text,
@@ -120,9 +143,9 @@ test_quarter_repeated_ids_shuffled_each_unique_id_handled_once(void **state) {
     amqp_connection_state_t c = itest_connect();
     itest_queue_declare(c, queue);
     publish_shuffled(c, queue, 42);
-    const char *args[] = {"run", "-c", cfg, NULL};
+    const char *args[] = {"run", "-c", cfg, "--log-level", "debug", NULL};
     pid_t pid = itest_spawn_warren(args, log);
-    cond_arg a = {c, queue, effects, UNIQUE};
+    cond_arg a = {c, queue, effects, UNIQUE, log};
     assert_true(itest_wait_until(drained, &a, 180));
     assert_int_equal(kill(pid, SIGTERM), 0);
     int status;
@@ -133,8 +156,8 @@ test_quarter_repeated_ids_shuffled_each_unique_id_handled_once(void **state) {
 
     /* A publisher retrying everything later: nothing runs again. */
     publish_shuffled(c, queue, 7);
-    pid = itest_spawn_warren(args, log);
-    cond_arg empty = {c, queue, effects, 0};
+    pid = itest_spawn_warren(args, log2);
+    cond_arg empty = {c, queue, effects, 0, log2};
     assert_true(itest_wait_until(drained, &empty, 180));
     assert_int_equal(kill(pid, SIGTERM), 0);
     assert_true(itest_wait_exit(pid, 60, &status));

@@ -25,7 +25,27 @@ typedef struct {
     const char *queue;
     const char *db;
     long want;
+    const char *log; /* the run's debug log */
 } cond_arg;
+
+/* Deliveries settled for good: each of the 1,000 published messages ends
+ * with one "ack" or "duplicate" line (retries and deferrals settle when
+ * their copies come back). A stop before that could catch prefetched
+ * duplicates still unacked, and they would go back to the queue. */
+static long settled(const char *log) {
+    FILE *fp = fopen(log, "r");
+    char line[1024];
+    long n = 0;
+    if (fp == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof line, fp)) {
+        n += strstr(line, "\"outcome\":\"ack\"") != NULL ||
+             strstr(line, "\"outcome\":\"duplicate\"") != NULL;
+    }
+    fclose(fp);
+    return n;
+}
 
 /* One integer from a read-only query, -1 if the table is not there yet. */
 static long long query_ll(const char *db_path, const char *sql) {
@@ -51,7 +71,8 @@ static int applied_at_least(void *arg) {
 
 static int all_settled(void *arg) {
     cond_arg *a = arg;
-    if (!applied_at_least(arg) || itest_queue_depth(a->conn, a->queue) != 0 ||
+    if (settled(a->log) < UNIQUE + DUPES || !applied_at_least(arg) ||
+        itest_queue_depth(a->conn, a->queue) != 0 ||
         query_ll(a->db, "SELECT count(*) FROM messages WHERE state <> "
                         "'done'") != 0) {
         return 0;
@@ -122,7 +143,7 @@ test_ledger_balances_exact_under_duplicates_retries_and_kill(void **state) {
     }
     amqp_connection_state_t c = itest_connect();
     itest_queue_declare(c, queue);
-    const char *args[] = {"run", "-c", cfg, NULL};
+    const char *args[] = {"run", "-c", cfg, "--log-level", "debug", NULL};
     pid_t pid = itest_spawn_warren(args, log);
     for (int i = 0; i < UNIQUE + DUPES; i++) {
         char id[32], body[96];
@@ -135,13 +156,13 @@ test_ledger_balances_exact_under_duplicates_retries_and_kill(void **state) {
     }
 
     /* Kill one worker in the middle of the stream. */
-    cond_arg some = {c, queue, db, 150};
+    cond_arg some = {c, queue, db, 150, log};
     assert_true(itest_wait_until(applied_at_least, &some, 120));
     pid_t victim = first_child(pid);
     assert_true(victim > 0);
     assert_int_equal(kill(victim, SIGKILL), 0);
 
-    cond_arg all = {c, queue, db, UNIQUE};
+    cond_arg all = {c, queue, db, UNIQUE, log};
     if (!itest_wait_until(all_settled, &all, 180)) {
         itest_terminate(pid, 10);
         fail_msg("not settled: %lld applied, %ld ready; see %s",
