@@ -29,42 +29,16 @@ typedef struct {
     const char *log; /* the run's debug log */
 } cond_arg;
 
-/* Messages of this run settled for good: each of the TOTAL deliveries ends
- * with one "ack" or "duplicate" line (a deferred one is logged "deferred"
- * first and settles when its copy comes back). Without this, a stop could
- * catch prefetched messages still unacked, and they would go back to the
- * queue. */
-static long settled(const char *log) {
-    FILE *fp = fopen(log, "r");
-    char line[1024];
-    long n = 0;
-    if (fp == NULL) {
-        return 0;
-    }
-    while (fgets(line, sizeof line, fp)) {
-        n += strstr(line, "\"outcome\":\"ack\"") != NULL ||
-             strstr(line, "\"outcome\":\"duplicate\"") != NULL;
-    }
-    fclose(fp);
-    return n;
-}
-
 /* Everything handled, nothing ready in the queue, and nothing waiting in
  * the delay cascade (a worker defers an id another worker holds). */
 static int drained(void *arg) {
     cond_arg *a = arg;
-    if (settled(a->log) < TOTAL || itest_count_lines(a->effects) < a->want ||
+    if (itest_settled_count(a->log) < TOTAL ||
+        itest_count_lines(a->effects) < a->want ||
         itest_queue_depth(a->conn, a->queue) != 0) {
         return 0;
     }
-    for (int level = 0; level < 28; level++) {
-        char q[32];
-        snprintf(q, sizeof q, "warren.delay.%d", level);
-        if (itest_queue_depth(a->conn, q) > 0) {
-            return 0;
-        }
-    }
-    return 1;
+    return itest_delay_cascade_empty(a->conn);
 }
 
 static int cmp_str(const void *a, const void *b) {

@@ -28,25 +28,6 @@ typedef struct {
     const char *log; /* the run's debug log */
 } cond_arg;
 
-/* Deliveries settled for good: each of the 1,000 published messages ends
- * with one "ack" or "duplicate" line (retries and deferrals settle when
- * their copies come back). A stop before that could catch prefetched
- * duplicates still unacked, and they would go back to the queue. */
-static long settled(const char *log) {
-    FILE *fp = fopen(log, "r");
-    char line[1024];
-    long n = 0;
-    if (fp == NULL) {
-        return 0;
-    }
-    while (fgets(line, sizeof line, fp)) {
-        n += strstr(line, "\"outcome\":\"ack\"") != NULL ||
-             strstr(line, "\"outcome\":\"duplicate\"") != NULL;
-    }
-    fclose(fp);
-    return n;
-}
-
 /* One integer from a read-only query, -1 if the table is not there yet. */
 static long long query_ll(const char *db_path, const char *sql) {
     sqlite3 *db = NULL;
@@ -71,20 +52,13 @@ static int applied_at_least(void *arg) {
 
 static int all_settled(void *arg) {
     cond_arg *a = arg;
-    if (settled(a->log) < UNIQUE + DUPES || !applied_at_least(arg) ||
-        itest_queue_depth(a->conn, a->queue) != 0 ||
+    if (itest_settled_count(a->log) < UNIQUE + DUPES ||
+        !applied_at_least(arg) || itest_queue_depth(a->conn, a->queue) != 0 ||
         query_ll(a->db, "SELECT count(*) FROM messages WHERE state <> "
                         "'done'") != 0) {
         return 0;
     }
-    for (int level = 0; level < 28; level++) {
-        char q[32];
-        snprintf(q, sizeof q, "warren.delay.%d", level);
-        if (itest_queue_depth(a->conn, q) > 0) {
-            return 0;
-        }
-    }
-    return 1;
+    return itest_delay_cascade_empty(a->conn);
 }
 
 /* The first child process of `pid` (a worker of the supervisor). */

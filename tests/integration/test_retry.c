@@ -358,14 +358,7 @@ static int all_done(void *arg) {
         itest_queue_depth(a->f->conn, a->f->q1) != 0) {
         return 0;
     }
-    for (int level = 0; level < 28; level++) {
-        char q[32];
-        snprintf(q, sizeof q, "warren.delay.%d", level);
-        if (itest_queue_depth(a->f->conn, q) > 0) {
-            return 0;
-        }
-    }
-    return 1;
+    return itest_delay_cascade_empty(a->f->conn);
 }
 
 static int cmp_str(const void *a, const void *b) {

@@ -820,3 +820,29 @@ int itest_broker(const char *cmd) {
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+long itest_settled_count(const char *log_path) {
+    FILE *fp = fopen(log_path, "r");
+    char line[1024];
+    long n = 0;
+    if (fp == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof line, fp)) {
+        n += strstr(line, "\"outcome\":\"ack\"") != NULL ||
+             strstr(line, "\"outcome\":\"duplicate\"") != NULL;
+    }
+    fclose(fp);
+    return n;
+}
+
+int itest_delay_cascade_empty(amqp_connection_state_t conn) {
+    for (int level = 0; level < 28; level++) {
+        char q[32];
+        snprintf(q, sizeof q, "warren.delay.%d", level);
+        if (itest_queue_depth(conn, q) > 0) {
+            return 0;
+        }
+    }
+    return 1;
+}

@@ -165,4 +165,15 @@ int itest_terminate(pid_t pid, double timeout_s);
  */
 int itest_broker(const char *cmd);
 
+/* Lines of a `warren run --log-level debug` log that settle a delivery for
+ * good ("outcome":"ack" or "duplicate"); a retried or deferred delivery
+ * settles when its copy comes back. 0 if the log does not exist yet.
+ * Stop a pool only once this reaches the number published: a clean stop
+ * releases prefetched deliveries back to the queue. */
+long itest_settled_count(const char *log_path);
+
+/* 1 if no queue of the classic delay cascade (warren.delay.0..27) holds a
+ * message (missing queues count as empty). */
+int itest_delay_cascade_empty(amqp_connection_state_t conn);
+
 #endif
