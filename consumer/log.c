@@ -142,7 +142,11 @@ int64_t warren__now_ms(void) {
 }
 
 int64_t warren__mono_ms(void) {
+    return warren__mono_us() / 1000;
+}
+
+int64_t warren__mono_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }

@@ -39,5 +39,6 @@ void warren__redact_text(const char *in, char *out, size_t outlen);
 
 int64_t warren__now_ms(void);  /* wall clock, ms since the epoch */
 int64_t warren__mono_ms(void); /* monotonic clock, for deadlines */
+int64_t warren__mono_us(void); /* the same in microseconds */
 
 #endif /* WARREN_LOG_H */

@@ -20,6 +20,7 @@
 #include "backoff.h"
 #include "breaker.h"
 #include "ctx.h"
+#include "failpoint.h"
 #include "handler.h"
 #include "log.h"
 #include "msgid.h"
@@ -27,6 +28,7 @@
 #include "session.h"
 #include "store.h"
 #include "topology.h"
+#include "wstats.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -96,7 +98,8 @@ struct warren_worker {
     char host[128];
     char worker_name[160];
     char err[2048];
-    uint64_t stats[WARREN_STAT_DEFERRED + 1];
+    warren__wstats own_stats;
+    warren__wstats *ws; /* &own_stats, or a slot shared with `warren run` */
     warren__breaker breaker;
     warren__ratelimit rate;
 
@@ -125,6 +128,7 @@ warren_worker *warren_worker_new(const warren_config *cfg, int index) {
     }
     w->cfg = cfg;
     w->c = &cfg->consumers[index];
+    w->ws = &w->own_stats;
     return w;
 }
 
@@ -157,7 +161,15 @@ uint64_t warren_worker_stat(const warren_worker *w, warren_stat which) {
     if (w == NULL || (int)which < 0 || which > WARREN_STAT_DEFERRED) {
         return 0;
     }
-    return w->stats[which];
+    return atomic_load_explicit(&w->ws->counters[which], memory_order_relaxed);
+}
+
+void warren__worker_share(warren_worker *w, warren__wstats *slot) {
+    w->ws = slot;
+}
+
+static void count(warren_worker *w, warren_stat which) {
+    atomic_fetch_add_explicit(&w->ws->counters[which], 1, memory_order_relaxed);
 }
 
 static void release_batch_memory(warren_worker *w) {
@@ -391,7 +403,7 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         it->attempt = (int)header_int(m, "x-warren-attempt", 1, 1000000, 1);
         it->first_failed_at_ms =
             header_int(m, "x-warren-first-failed-at", 1, INT64_MAX, 0);
-        w->stats[WARREN_STAT_RECEIVED]++;
+        count(w, WARREN_STAT_RECEIVED);
         if (d->too_large || m->body_size_announced > w->c->max_message_bytes) {
             it->fate = FATE_DEAD;
             snprintf(it->reason, sizeof it->reason,
@@ -522,6 +534,17 @@ static int wait_for_token(warren_worker *w) {
     }
 }
 
+/* Copies the breaker's state where the supervisor can read it. */
+static void publish_breaker(warren_worker *w) {
+    atomic_store_explicit(&w->ws->breaker_state,
+                          (int)warren__breaker_state_of(&w->breaker),
+                          memory_order_relaxed);
+    atomic_store_explicit(
+        &w->ws->breaker_opened,
+        warren__breaker_transitions(&w->breaker, WARREN__BREAKER_OPEN),
+        memory_order_relaxed);
+}
+
 /* Step 2: handlers. */
 static void run_handlers(warren_worker *w, int n) {
     for (int i = 0; i < n; i++) {
@@ -535,7 +558,9 @@ static void run_handlers(warren_worker *w, int n) {
             it->fate = FATE_REQUEUE;
             continue;
         }
-        if (!warren__breaker_allow(&w->breaker, warren__mono_ms())) {
+        int allowed = warren__breaker_allow(&w->breaker, warren__mono_ms());
+        publish_breaker(w);
+        if (!allowed) {
             /* The breaker opened during this batch: the rest waits in the
              * queue, its claims released, no attempt spent. */
             it->fate = FATE_REQUEUE;
@@ -553,12 +578,28 @@ static void run_handlers(warren_worker *w, int n) {
         w->ctx.store = it->claim >= 0 ? w->store : NULL;
         m->id = it->id[0] ? it->id : NULL;
         m->attempt = it->attempt;
-        int64_t t0 = warren__mono_ms();
+        int64_t t0_us = warren__mono_us(), t0 = t0_us / 1000;
+        /* Published for the supervisor, which ends this worker if an
+         * in-process handler overstays (an exec handler is ended sooner by
+         * handlers/exec.c itself). */
+        atomic_store_explicit(&w->ws->handler_deadline_mono_ms,
+                              deadline ? t0 + (int64_t)(w->c->timeout_s * 1000)
+                                       : 0,
+                              memory_order_relaxed);
         warren_result r = warren__handler_call(w->handler, m, &w->ctx);
-        int64_t ms = warren__mono_ms() - t0;
+        int64_t us = warren__mono_us() - t0_us;
+        int64_t ms = us / 1000;
+        atomic_store_explicit(&w->ws->handler_deadline_mono_ms, 0,
+                              memory_order_relaxed);
+        warren__wstats_latency(w->ws, us);
+        if (r != WARREN_ACK) {
+            atomic_fetch_add_explicit(&w->ws->handler_failures, 1,
+                                      memory_order_relaxed);
+        }
         /* A timed-out exec handler comes back as RETRY: every result but
          * ACK is a failure to the breaker. */
         warren__breaker_record(&w->breaker, r != WARREN_ACK, t0 + ms);
+        publish_breaker(w);
         if (w->ctx.db_used) {
             if (r == WARREN_ACK) {
                 warren__store_savepoint_release(w->store);
@@ -661,6 +702,7 @@ static int publish_copies(warren_worker *w, int n) {
             if (republish) {
                 rc = publish_retry(w, d, it, it->attempt + 1, it->delay_ms);
                 it->published = any = 1;
+                WARREN_FAILPOINT("retry.published");
             }
             break;
         case FATE_DEFER:
@@ -672,6 +714,7 @@ static int publish_copies(warren_worker *w, int n) {
         case FATE_DEAD:
             rc = publish_dead(w, d, it);
             it->published = any = 1;
+            WARREN_FAILPOINT("dead.published");
             break;
         default:
             break;
@@ -679,6 +722,9 @@ static int publish_copies(warren_worker *w, int n) {
     }
     if (rc == 0 && any) {
         rc = warren__session_wait_confirms(w->sess, CONFIRM_TIMEOUT_MS);
+        if (rc == 0) {
+            WARREN_FAILPOINT("copies.confirmed");
+        }
     }
     if (rc != 0) {
         warren__log(WARREN_LOG_ERROR,
@@ -786,25 +832,25 @@ static void count_and_log(warren_worker *w, int n) {
         warren_log_level lvl = WARREN_LOG_DEBUG;
         switch (it->fate) {
         case FATE_ACK:
-            w->stats[WARREN_STAT_ACKED]++;
+            count(w, WARREN_STAT_ACKED);
             it->outcome = "ack";
             break;
         case FATE_RETRY:
-            w->stats[WARREN_STAT_RETRIED]++;
+            count(w, WARREN_STAT_RETRIED);
             it->outcome = "retry";
             lvl = WARREN_LOG_INFO;
             break;
         case FATE_DEAD:
-            w->stats[WARREN_STAT_DEAD]++;
+            count(w, WARREN_STAT_DEAD);
             it->outcome = "dead";
             lvl = WARREN_LOG_WARN;
             break;
         case FATE_SKIP:
-            w->stats[WARREN_STAT_DUPLICATE]++;
+            count(w, WARREN_STAT_DUPLICATE);
             it->outcome = "duplicate";
             break;
         case FATE_DEFER:
-            w->stats[WARREN_STAT_DEFERRED]++;
+            count(w, WARREN_STAT_DEFERRED);
             it->outcome = "deferred";
             break;
         default:
@@ -820,6 +866,7 @@ static void count_and_log(warren_worker *w, int n) {
  * error that ends this session (connection) or the worker (store full). */
 static int process_batch(warren_worker *w, int n) {
     int n_claims, rc;
+    atomic_store_explicit(&w->ws->in_flight, n, memory_order_relaxed);
     classify(w, n, &n_claims);
     rc = claim(w, n, n_claims);
     if (rc != 0) {
@@ -837,7 +884,9 @@ static int process_batch(warren_worker *w, int n) {
         set_err(w, "%s", warren__store_errstr(w->store));
         return rc;
     }
+    WARREN_FAILPOINT("claim.after");
     run_handlers(w, n);
+    WARREN_FAILPOINT("handler.after");
     publish_copies(w, n);
     int broken = warren__session_broken(w->sess);
     if (broken) {
@@ -876,7 +925,9 @@ static int process_batch(warren_worker *w, int n) {
     if (broken) {
         return WARREN_ERR_CONNECTION;
     }
+    WARREN_FAILPOINT("commit.after");
     rc = settle(w, n);
+    atomic_store_explicit(&w->ws->in_flight, 0, memory_order_relaxed);
     count_and_log(w, n);
     for (int i = 0; i < n; i++) {
         if (w->slots[i].body_cap > BODY_KEEP_BYTES) {
@@ -1078,6 +1129,7 @@ int warren_worker_run(warren_worker *w) {
     w->host[sizeof w->host - 1] = '\0';
     snprintf(w->worker_name, sizeof w->worker_name, "%s:%d", w->host,
              (int)getpid());
+    atomic_store_explicit(&w->ws->pid, (int64_t)getpid(), memory_order_relaxed);
     w->slots = calloc((size_t)w->c->batch_max, sizeof *w->slots);
     w->items = calloc((size_t)w->c->batch_max, sizeof *w->items);
     w->claims = calloc((size_t)w->c->batch_max, sizeof *w->claims);
@@ -1133,14 +1185,22 @@ int warren_worker_run(warren_worker *w) {
                         "consuming from '%s' (prefetch %u, batch %d)",
                         w->c->queue, w->c->prefetch, w->c->batch_max);
         }
+        if (ever_connected) {
+            atomic_fetch_add_explicit(&w->ws->reconnects, 1,
+                                      memory_order_relaxed);
+        }
         ever_connected = 1;
         backoff_ms = RECONNECT_MIN_MS;
+        atomic_store_explicit(&w->ws->connected, 1, memory_order_relaxed);
         rc = consume_loop(w);
         if (w->stop && rc == 0) {
             warren__session_cancel(w->sess);
         }
         warren__session_free(w->sess);
         w->sess = NULL;
+        atomic_store_explicit(&w->ws->connected, 0, memory_order_relaxed);
+        atomic_store_explicit(&w->ws->in_flight, 0, memory_order_relaxed);
+        publish_breaker(w);
         if (rc == BREAKER_PAUSE) {
             pause_for_breaker(w);
             rc = 0;
