@@ -1127,7 +1127,9 @@ static void json_error(parser *p, const char *json, size_t len, const char *at,
                  "%s:%zu:%zu: invalid JSON: unexpected end of input", p->name,
                  line, col);
     } else {
-        char snippet[17];
+        /* Sized for show_text(), which may read up to SHOW_MAX bytes
+         * (an optimised build cannot prove the 16-byte cut stops it). */
+        char snippet[SHOW_MAX + 1];
         size_t n = len - off < 16 ? len - off : 16;
         memcpy(snippet, at, n);
         snippet[n] = '\0';
