@@ -114,13 +114,21 @@ static int accept_id(const char *id, size_t len, char *out, char *why,
 
 static int from_property(const struct warren_msg *msg, char *out, char *why,
                          size_t whylen) {
-    if (msg->amqp_message_id == NULL) {
+    const char *id = msg->amqp_message_id;
+    size_t len = id ? strlen(id) : 0;
+    if (id == NULL) {
         snprintf(why, whylen, "no message_id property");
         return 0;
     }
+    /* amqp_message_id is a C string and ends at the first NUL byte: take
+     * the property's counted bytes instead, so "a\0b" is refused rather
+     * than becoming the id "a" (and colliding with a real "a"). */
+    if (msg->props && (msg->props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+        len = msg->props->message_id.len;
+        id = len ? (const char *)msg->props->message_id.bytes : "";
+    }
     char detail[96];
-    if (accept_id(msg->amqp_message_id, strlen(msg->amqp_message_id), out,
-                  detail, sizeof detail)) {
+    if (accept_id(id, len, out, detail, sizeof detail)) {
         return 1;
     }
     snprintf(why, whylen, "the message_id property %s", detail);
