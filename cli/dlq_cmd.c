@@ -55,27 +55,48 @@ static int term_width(void) {
 }
 
 static void local_time(int64_t ms, char *out, size_t len) {
+    /* list formats one time per row, and dead letters come in bursts of the
+     * same second: the last conversion is kept (localtime_r and strftime
+     * are the costliest part of a row). */
+    static time_t last = (time_t)-1;
+    static char last_text[32];
     struct tm tm;
     time_t t = (time_t)(ms / 1000);
-    if (ms <= 0 || localtime_r(&t, &tm) == NULL) {
+    if (ms <= 0) {
         snprintf(out, len, "-");
         return;
     }
-    strftime(out, len, "%Y-%m-%d %H:%M:%S", &tm);
+    if (t != last) {
+        if (localtime_r(&t, &tm) == NULL) {
+            snprintf(out, len, "-");
+            return;
+        }
+        strftime(last_text, sizeof last_text, "%Y-%m-%d %H:%M:%S", &tm);
+        last = t;
+    }
+    snprintf(out, len, "%s", last_text);
 }
 
-/* Prints at most `max` characters of `s`, control characters as spaces. */
+/* Prints at most `max` characters of `s`, control characters as spaces,
+ * with one write. */
 static void print_clipped(const char *s, int max) {
-    int n = (int)strlen(s);
-    int cut = n > max;
-    int keep = cut ? (max > 3 ? max - 3 : 0) : n;
-    for (int i = 0; i < keep; i++) {
+    char buf[1100];
+    size_t n = strlen(s), cap = sizeof buf - 4;
+    size_t lim = max > 0 ? (size_t)max : 0;
+    if (lim > cap) {
+        lim = cap;
+    }
+    int cut = n > lim;
+    size_t keep = cut ? (lim > 3 ? lim - 3 : 0) : n;
+    for (size_t i = 0; i < keep; i++) {
         unsigned char c = (unsigned char)s[i];
-        putchar(c < 0x20 || c == 0x7f ? ' ' : c);
+        buf[i] = c < 0x20 || c == 0x7f ? ' ' : (char)c;
     }
     if (cut) {
-        fputs("...", stdout);
+        memcpy(buf + keep, "...", 3);
+        keep += 3;
     }
+    fwrite(buf, 1, keep, stdout);
 }
 
 /* ---- list ------------------------------------------------------------- */
@@ -707,6 +728,11 @@ int cmd_dlq(int argc, char **argv) {
         goto out;
     }
     if (strcmp(o.sub, "list") == 0) {
+        /* Rows go out in large writes when not on a terminal (a pipe or a
+         * file would otherwise get 4 KiB writes). */
+        if (!isatty(STDOUT_FILENO)) {
+            setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+        }
         ops.on_match = list_match;
         if (!o.json) {
             print_header_row(&o);
@@ -723,6 +749,13 @@ int cmd_dlq(int argc, char **argv) {
         ops.to_queue = o.to;
         ops.clean = o.clean;
         ops.rate_per_s = o.rate;
+        /* --all acks nearly everything it reads, so the broker need not
+         * send more than a few windows ahead; without the limit, every
+         * delivery arriving while confirms are awaited is buffered, up to
+         * the whole DLQ (~5 KB each). */
+        if (o.all && !o.dry_run && o.f.limit == 0) {
+            ops.prefetch = 8192;
+        }
         if (!o.dry_run && warren__dlq_consumer(o.q)->dedup) {
             rc = open_store(cfg, &store);
             if (rc != 0) {

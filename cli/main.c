@@ -39,7 +39,8 @@ static const char *usage_main =
     "  7  handler failed to load\n"
     "  8  message store unusable (corrupt, full, locked, read-only)\n"
     "  9  TLS setup or peer verification failed\n"
-    "  10 some items of a batch operation failed\n";
+    "  10 some items of a batch operation failed\n"
+    "  11 run: metrics.listen cannot be bound (port in use)\n";
 
 static const char *usage_run =
     "usage: warren run -c FILE [--workers N] [--log-level LEVEL]\n"
@@ -49,8 +50,11 @@ static const char *usage_run =
     "its own connection and store handle, supervised and restarted with\n"
     "backoff if one dies. SIGTERM/SIGINT: finish the messages in hand, "
     "commit,\n"
-    "ack, close, exit 0. Logs are JSON lines on stderr; LEVEL is debug, info\n"
-    "(default, or $WARREN_LOG_LEVEL), warn or error.\n";
+    "ack, close, exit 0. SIGHUP: re-read FILE and replace the workers one at\n"
+    "a time (an invalid FILE is refused, the pool keeps running). With\n"
+    "metrics.listen, Prometheus metrics are served on /metrics. Logs are\n"
+    "JSON lines on stderr; LEVEL is debug, info (default, or\n"
+    "$WARREN_LOG_LEVEL), warn or error.\n";
 
 static const char *usage_store =
     "usage: warren store stats -c FILE [--json]\n"

@@ -11,11 +11,18 @@
  * SIGTERM/SIGINT: forwarded once as SIGTERM; workers finish the message in
  * hand, commit, ack and exit. A second signal, or the grace running out,
  * kills them (their unacked messages are redelivered).
+ * Each worker writes its live figures into a slot of memory shared with the
+ * supervisor (metrics.c), which serves them on /metrics and reads them to
+ * end a worker whose in-process handler overstays its deadline. SIGHUP
+ * re-reads the config and replaces the workers one at a time; a config
+ * that does not load leaves the pool untouched.
  */
 #include "cli.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,14 +38,45 @@
 #define RESTART_MIN_MS 500
 #define RESTART_MAX_MS 30000
 #define EARLY_MS 10000 /* unreachable this early: the operator's problem */
+#define DEADLINE_CHECK_MS 200
+#define DEADLINE_GRACE_MIN_MS 5000
+/* Half the slots: a reload starts each replacement before its old worker
+ * stops, so for a moment both hold a slot. */
+#define MAX_WORKERS (CLI_MAX_SLOTS / 2)
+#define MAX_GENS 16 /* configurations whose workers may still run */
 
 typedef struct {
-    pid_t pid;
+    int used;
+    pid_t pid;          /* 0: not running */
+    warren_config *cfg; /* the configuration it runs (a generation) */
     int consumer;
     int restarts;
     int64_t started_ms;
     int64_t restart_at_ms; /* 0: running or not to be restarted */
+    int64_t kill_at_ms;    /* retiring: SIGKILL once past this */
+    int retiring;          /* SIGTERMed by a reload: not restarted */
+    int overdue;           /* SIGKILLed for an overdue handler */
 } child;
+
+/* Everything the supervisor owns. kids[i] runs on shared slot i. */
+typedef struct {
+    warren_config *cfg; /* current generation */
+    warren_config *old[MAX_GENS];
+    int n_old;
+    const char *path;
+    int workers_override; /* --workers, 0 if not given */
+    int64_t t0;
+    child kids[CLI_MAX_SLOTS];
+    cli_pool_view view;
+    cli_http *http;
+    /* A reload in progress: plan[] lists the consumer of each new worker,
+     * `waiting` is the slot of the one started last (-1: none). */
+    int reloading;
+    int plan[MAX_WORKERS];
+    int n_plan, next_plan;
+    int waiting;
+    int64_t wait_until_ms;
+} pool;
 
 static volatile sig_atomic_t got_stop, got_hup;
 static warren_worker *the_worker;
@@ -69,7 +107,7 @@ static void install(int sig, void (*fn)(int)) {
 }
 
 /* The body of a worker process. Returns its exit code. */
-static int worker_main(warren_config *cfg, int index) {
+static int worker_main(warren_config *cfg, int index, warren__wstats *slot) {
     install(SIGTERM, on_worker_signal);
     /* The supervisor forwards SIGTERM: a terminal's Ctrl-C reaching the
      * whole process group must not count as a second signal here. */
@@ -81,6 +119,7 @@ static int worker_main(warren_config *cfg, int index) {
     if (w == NULL) {
         return EXIT_FAILURE_RUNTIME;
     }
+    warren__worker_share(w, slot);
     the_worker = w;
     if (got_stop || getppid() == 1) {
         /* A signal came before the worker existed, or the supervisor died
@@ -113,19 +152,70 @@ static int worker_main(warren_config *cfg, int index) {
     return cli_exit_code(rc);
 }
 
-static pid_t spawn(warren_config *cfg, child *c) {
+static const char *queue_of(const child *c) {
+    return c->cfg->consumers[c->consumer].queue;
+}
+
+static double grace_s(const pool *p) {
+    return p->cfg->shutdown_grace_s;
+}
+
+static pid_t spawn(pool *p, int slot) {
+    child *c = &p->kids[slot];
+    pthread_mutex_lock(&p->view.lock);
+    p->view.slot_series[slot] = cli_view_series(&p->view, queue_of(c));
+    pthread_mutex_unlock(&p->view.lock);
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
+        if (p->http != NULL) {
+            close(cli_http_fd(p->http));
+        }
         install(SIGTERM, SIG_DFL);
-        _exit(worker_main(cfg, c->consumer));
+        _exit(worker_main(c->cfg, c->consumer, &p->view.slots[slot]));
     }
     if (pid > 0) {
+        pthread_mutex_lock(&p->view.lock);
+        p->view.slot_alive[slot] = 1;
+        pthread_mutex_unlock(&p->view.lock);
         c->pid = pid;
         c->started_ms = warren__mono_ms();
         c->restart_at_ms = 0;
+        c->overdue = 0;
     }
     return pid;
+}
+
+/* Forgets a child that will not run again, and any configuration no
+ * child runs any more. */
+static void free_entry(pool *p, int slot) {
+    memset(&p->kids[slot], 0, sizeof p->kids[slot]);
+    pthread_mutex_lock(&p->view.lock);
+    p->view.slot_series[slot] = -1;
+    pthread_mutex_unlock(&p->view.lock);
+    for (int g = 0; g < p->n_old; g++) {
+        int refs = 0;
+        for (int i = 0; i < CLI_MAX_SLOTS && !refs; i++) {
+            refs = p->kids[i].used && p->kids[i].cfg == p->old[g];
+        }
+        if (!refs) {
+            warren_config_free(p->old[g]);
+            p->old[g--] = p->old[--p->n_old];
+        }
+    }
+}
+
+static int add_child(pool *p, int consumer) {
+    for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+        if (!p->kids[i].used) {
+            memset(&p->kids[i], 0, sizeof p->kids[i]);
+            p->kids[i].used = 1;
+            p->kids[i].cfg = p->cfg;
+            p->kids[i].consumer = consumer;
+            return i;
+        }
+    }
+    return -1;
 }
 
 static int is_fatal(int code, int64_t pool_age_ms) {
@@ -145,29 +235,63 @@ static int is_fatal(int code, int64_t pool_age_ms) {
     }
 }
 
-static void signal_all(child *kids, int n, int sig) {
-    for (int i = 0; i < n; i++) {
-        if (kids[i].pid > 0) {
-            kill(kids[i].pid, sig);
-        }
+static void describe(int status, char *out, size_t len) {
+    if (WIFSIGNALED(status)) {
+        snprintf(out, len, "killed by signal %d", WTERMSIG(status));
+    } else {
+        snprintf(out, len, "exited with %d", WEXITSTATUS(status));
     }
 }
 
-/* Decides what a worker's exit means: part of a stop, a reason to stop
- * the pool, or a crash to restart after a backoff. */
-static void on_exit_child(warren_config *cfg, child *c, int status,
-                          int64_t pool_age_ms, int *stopping, int *exit_code) {
+/* Decides what a worker's exit means: part of a stop or a reload, a reason
+ * to stop the pool, or a crash to restart after a backoff. */
+static void on_exit_child(pool *p, int slot, int status, int *stopping,
+                          int *exit_code) {
+    child *c = &p->kids[slot];
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     int64_t now = warren__mono_ms();
+    char how[64];
+    describe(status, how, sizeof how);
+    c->pid = 0;
+    pthread_mutex_lock(&p->view.lock);
+    cli_view_retire(&p->view, slot);
+    pthread_mutex_unlock(&p->view.lock);
     if (*stopping) {
         if (code != EXIT_OK && *exit_code == EXIT_OK) {
             *exit_code = code < 0 ? EXIT_FAILURE_RUNTIME : code;
         }
+        free_entry(p, slot);
         return;
     }
-    if (code >= 0 && is_fatal(code, pool_age_ms)) {
+    if (c->retiring) {
+        warren__log(WARREN_LOG_INFO,
+                    &(warren__log_fields){"worker_replaced", queue_of(c), NULL,
+                                          NULL, -1, -1},
+                    "old worker %s after its replacement started", how);
+        free_entry(p, slot);
+        return;
+    }
+    if (p->reloading && slot == p->waiting) {
+        warren__log(WARREN_LOG_ERROR,
+                    &(warren__log_fields){"reload_failed", queue_of(c), NULL,
+                                          NULL, -1, -1},
+                    "%s: a new worker %s before connecting; reload stopped, "
+                    "the workers still running keep running (see the "
+                    "worker's error above)",
+                    p->path, how);
+        free_entry(p, slot);
+        p->reloading = 0;
+        p->waiting = -1;
+        return;
+    }
+    if (p->reloading && c->cfg != p->cfg) {
+        free_entry(p, slot); /* being replaced anyway */
+        return;
+    }
+    if (code >= 0 && is_fatal(code, now - p->t0)) {
         *exit_code = code;
         *stopping = 1;
+        free_entry(p, slot);
         return;
     }
     if (now - c->started_ms > 60000) {
@@ -180,82 +304,329 @@ static void on_exit_child(warren_config *cfg, child *c, int status,
     }
     c->restarts++;
     c->restart_at_ms = now + delay;
-    warren__log(
-        WARREN_LOG_WARN,
-        &(warren__log_fields){"worker_restart",
-                              warren_config_consumer_queue(cfg, c->consumer),
-                              NULL, NULL, -1, delay},
-        "worker %s %d; restarting in %lld ms",
-        WIFSIGNALED(status) ? "killed by signal" : "exited with",
-        WIFSIGNALED(status) ? WTERMSIG(status) : code, (long long)delay);
+    pthread_mutex_lock(&p->view.lock);
+    if (p->view.slot_series[slot] >= 0) {
+        p->view.series[p->view.slot_series[slot]].restarts++;
+    }
+    pthread_mutex_unlock(&p->view.lock);
+    warren__log(WARREN_LOG_WARN,
+                &(warren__log_fields){"worker_restart", queue_of(c), NULL, NULL,
+                                      -1, delay},
+                "worker %s; restarting in %lld ms", how, (long long)delay);
 }
 
-static int supervise(warren_config *cfg, child *kids, int n) {
-    int64_t t0 = warren__mono_ms(), stop_deadline = 0;
-    int exit_code = EXIT_OK, alive = 0, stopping = 0, sent = 0;
-    double grace = cfg->shutdown_grace_s;
-
-    for (int i = 0; i < n; i++) {
-        if (spawn(cfg, &kids[i]) < 0) {
-            cli_error("fork: %s", strerror(errno));
-            signal_all(kids, i, SIGTERM);
-            stopping = 1;
-            exit_code = EXIT_FAILURE_RUNTIME;
-            break;
+/* Ends workers whose in-process handler is past its deadline plus a grace:
+ * a C function cannot be interrupted, only its process. The grace leaves
+ * exec handlers (ended by exec.c at the deadline, SIGKILL 2 s later) and
+ * handlers finishing just late to end on their own. */
+static void check_deadlines(pool *p, int64_t now) {
+    for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+        child *c = &p->kids[i];
+        if (!c->used || c->pid <= 0 || c->overdue) {
+            continue;
         }
-        alive++;
+        int64_t d = atomic_load_explicit(
+            &p->view.slots[i].handler_deadline_mono_ms, memory_order_relaxed);
+        double timeout_s = c->cfg->consumers[c->consumer].timeout_s;
+        int64_t grace = (int64_t)(timeout_s * 100); /* a tenth */
+        if (grace < DEADLINE_GRACE_MIN_MS) {
+            grace = DEADLINE_GRACE_MIN_MS;
+        }
+        if (d == 0 || now <= d + grace) {
+            continue;
+        }
+        kill(c->pid, SIGKILL);
+        c->overdue = 1;
+        pthread_mutex_lock(&p->view.lock);
+        if (p->view.slot_series[i] >= 0) {
+            p->view.series[p->view.slot_series[i]].deadline_kills++;
+        }
+        pthread_mutex_unlock(&p->view.lock);
+        warren__log(WARREN_LOG_ERROR,
+                    &(warren__log_fields){"handler_deadline", queue_of(c), NULL,
+                                          "killed", -1, now - d},
+                    "handler still running %lld ms past its deadline "
+                    "(timeout_s %g, grace %lld ms): killed worker pid %d; "
+                    "its unacked messages will be redelivered",
+                    (long long)(now - d), timeout_s, (long long)grace,
+                    (int)c->pid);
+    }
+}
+
+/* ---- reload -------------------------------------------------------------- */
+
+static int total_workers(const warren_config *cfg) {
+    int n = 0;
+    for (int i = 0; i < cfg->n_consumers; i++) {
+        n += cfg->consumers[i].workers;
+    }
+    return n;
+}
+
+static void apply_override(warren_config *cfg, int workers) {
+    /* --workers overrides the file for everything that reads it,
+     * including each worker's share of rate_limit_per_s. */
+    for (int i = 0; workers && i < cfg->n_consumers; i++) {
+        cfg->consumers[i].workers = workers;
+    }
+}
+
+static void set_store_path(pool *p) {
+    int any = 0;
+    for (int i = 0; i < p->cfg->n_consumers; i++) {
+        any |= p->cfg->consumers[i].dedup;
+    }
+    pthread_mutex_lock(&p->view.lock);
+    snprintf(p->view.store_path, sizeof p->view.store_path, "%s",
+             any ? p->cfg->store.path : "");
+    pthread_mutex_unlock(&p->view.lock);
+}
+
+static int same_str(const char *a, const char *b) {
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+static void begin_reload(pool *p) {
+    char err[2048];
+    warren_config *ncfg = NULL;
+    if (warren_config_load(p->path, &ncfg, err, sizeof err) != 0) {
+        warren__log(
+            WARREN_LOG_ERROR,
+            &(warren__log_fields){"reload_failed", NULL, NULL, NULL, -1, -1},
+            "SIGHUP: %s; the running pool is unchanged", err);
+        return;
+    }
+    apply_override(ncfg, p->workers_override);
+    int n = total_workers(ncfg);
+    const char *refuse = NULL;
+    if (n > MAX_WORKERS) {
+        refuse = "more workers than warren run supervises";
+    } else if (p->n_old == MAX_GENS) {
+        refuse = "too many earlier configurations still have workers";
+    }
+    if (refuse != NULL) {
+        warren__log(
+            WARREN_LOG_ERROR,
+            &(warren__log_fields){"reload_failed", NULL, NULL, NULL, -1, -1},
+            "SIGHUP: %s: %s (%d workers); the running pool is "
+            "unchanged",
+            p->path, refuse, n);
+        warren_config_free(ncfg);
+        return;
+    }
+    if (!same_str(ncfg->metrics_listen, p->cfg->metrics_listen)) {
+        warren__log(
+            WARREN_LOG_WARN,
+            &(warren__log_fields){"reload_restart_needed", NULL, NULL, NULL, -1,
+                                  -1},
+            "%s: metrics.listen changed (%s -> %s): it takes effect "
+            "only when warren run restarts; still serving %s",
+            p->path, p->cfg->metrics_listen ? p->cfg->metrics_listen : "off",
+            ncfg->metrics_listen ? ncfg->metrics_listen : "off",
+            p->cfg->metrics_listen ? p->cfg->metrics_listen : "nothing");
+    }
+    if (!same_str(ncfg->store.path, p->cfg->store.path)) {
+        warren__log(WARREN_LOG_WARN,
+                    &(warren__log_fields){"reload_store_path", NULL, NULL, NULL,
+                                          -1, -1},
+                    "%s: store.path changed (%s -> %s): new workers use the "
+                    "new file, which has no record of what the old one saw "
+                    "(restart with an empty queue to change it safely)",
+                    p->path, p->cfg->store.path, ncfg->store.path);
+    }
+    p->old[p->n_old++] = p->cfg;
+    p->cfg = ncfg;
+    set_store_path(p);
+    p->n_plan = 0;
+    for (int i = 0; i < ncfg->n_consumers; i++) {
+        for (int j = 0; j < ncfg->consumers[i].workers; j++) {
+            p->plan[p->n_plan++] = i;
+        }
+    }
+    int old = 0;
+    for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+        old += p->kids[i].used && !p->kids[i].retiring;
+    }
+    p->reloading = 1;
+    p->next_plan = 0;
+    p->waiting = -1;
+    warren__log(WARREN_LOG_INFO,
+                &(warren__log_fields){"reload", NULL, NULL, NULL, -1, -1},
+                "SIGHUP: %s re-read; replacing %d workers with %d, one at "
+                "a time",
+                p->path, old, n);
+}
+
+static void retire(pool *p, int slot, int64_t now) {
+    child *c = &p->kids[slot];
+    if (c->pid > 0) {
+        kill(c->pid, SIGTERM);
+        c->retiring = 1;
+        c->kill_at_ms = now + (int64_t)(grace_s(p) * 1000) + 1000;
+    } else {
+        free_entry(p, slot); /* was waiting for a restart */
+    }
+}
+
+/* One step of a reload: once the worker started last is connected (or its
+ * deadline passed), stop an old worker of its queue and start the next. */
+static void reload_step(pool *p, int64_t now) {
+    if (p->waiting >= 0) {
+        child *w = &p->kids[p->waiting];
+        int up = atomic_load_explicit(&p->view.slots[p->waiting].connected,
+                                      memory_order_relaxed);
+        if (!up && now < p->wait_until_ms) {
+            return;
+        }
+        if (!up) {
+            warren__log(WARREN_LOG_WARN,
+                        &(warren__log_fields){"reload_slow", queue_of(w), NULL,
+                                              NULL, -1, -1},
+                        "new worker pid %d not connected yet; replacing an "
+                        "old one anyway",
+                        (int)w->pid);
+        }
+        int pick = -1;
+        for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+            child *c = &p->kids[i];
+            if (c->used && c->cfg != p->cfg && !c->retiring &&
+                strcmp(queue_of(c), queue_of(w)) == 0 &&
+                (pick < 0 || c->pid > 0)) {
+                pick = i;
+            }
+        }
+        if (pick >= 0) {
+            retire(p, pick, now);
+        }
+        p->waiting = -1;
+    }
+    if (p->next_plan < p->n_plan) {
+        int slot = add_child(p, p->plan[p->next_plan++]);
+        if (slot < 0 || spawn(p, slot) < 0) {
+            warren__log(WARREN_LOG_ERROR,
+                        &(warren__log_fields){"reload_failed", NULL, NULL, NULL,
+                                              -1, -1},
+                        "cannot start a new worker (%s); reload stopped",
+                        slot < 0 ? "no free slot" : strerror(errno));
+            if (slot >= 0) {
+                free_entry(p, slot);
+            }
+            p->reloading = 0;
+            return;
+        }
+        p->waiting = slot;
+        p->wait_until_ms =
+            now + (int64_t)(p->cfg->broker.connect_timeout_s * 1000) + 10000;
+        return;
+    }
+    /* Every new worker runs: old ones left over belong to consumers that
+     * were removed or now have fewer workers. */
+    for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+        child *c = &p->kids[i];
+        if (c->used && c->cfg != p->cfg && !c->retiring) {
+            retire(p, i, now);
+        }
+    }
+    p->reloading = 0;
+    warren__log(WARREN_LOG_INFO,
+                &(warren__log_fields){"reload_done", NULL, NULL, NULL, -1, -1},
+                "reload done: %d workers", p->n_plan);
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+static int supervise(pool *p) {
+    int64_t stop_deadline = 0, next_check = 0;
+    int exit_code = EXIT_OK, stopping = 0, sent = 0;
+
+    p->t0 = warren__mono_ms();
+    p->waiting = -1;
+    for (int i = 0; i < p->cfg->n_consumers && !stopping; i++) {
+        for (int j = 0; j < p->cfg->consumers[i].workers; j++) {
+            int slot = add_child(p, i);
+            if (spawn(p, slot) < 0) {
+                cli_error("fork: %s", strerror(errno));
+                free_entry(p, slot);
+                stopping = 1;
+                exit_code = EXIT_FAILURE_RUNTIME;
+                break;
+            }
+        }
     }
     for (;;) {
-        int status, restart_pending = 0;
-        for (int i = 0; i < n; i++) {
-            restart_pending |= kids[i].pid == 0 && kids[i].restart_at_ms != 0;
+        int status, alive = 0, pending = 0;
+        for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+            alive += p->kids[i].used && p->kids[i].pid > 0;
+            pending += p->kids[i].used && p->kids[i].pid == 0;
         }
-        if (alive == 0 && (stopping || !restart_pending)) {
+        if (alive == 0 && (stopping || pending == 0)) {
             break;
         }
         int64_t now = warren__mono_ms();
         if (got_stop && !stopping) {
             stopping = 1;
             warren__log(WARREN_LOG_INFO, NULL,
-                        "stopping %d workers (grace %.0f s)", alive, grace);
+                        "stopping %d workers (grace %.0f s)", alive,
+                        grace_s(p));
         }
         if (stopping && !sent) {
-            signal_all(kids, n, SIGTERM);
-            sent = 1;
-            stop_deadline = now + (int64_t)(grace * 1000) + 1000;
-            for (int i = 0; i < n; i++) {
-                kids[i].restart_at_ms = 0;
+            /* Retiring workers had their SIGTERM: a second one would end
+             * them at once. */
+            for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+                child *c = &p->kids[i];
+                if (c->used && c->pid > 0 && !c->retiring) {
+                    kill(c->pid, SIGTERM);
+                } else if (c->used && c->pid == 0) {
+                    free_entry(p, i);
+                }
             }
+            sent = 1;
+            p->reloading = 0;
+            stop_deadline = now + (int64_t)(grace_s(p) * 1000) + 1000;
         }
-        if (stopping && (got_stop > 1 || now > stop_deadline)) {
-            signal_all(kids, n, SIGKILL);
+        for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+            child *c = &p->kids[i];
+            if (c->used && c->pid > 0 &&
+                ((stopping && (got_stop > 1 || now > stop_deadline)) ||
+                 (c->retiring && now > c->kill_at_ms))) {
+                kill(c->pid, SIGKILL);
+            }
         }
         if (got_hup) {
             got_hup = 0;
-            warren__log(WARREN_LOG_WARN, NULL,
-                        "SIGHUP: configuration reload is not supported by "
-                        "this build; restart the service to apply changes");
+            if (p->reloading) {
+                warren__log(WARREN_LOG_WARN, NULL,
+                            "SIGHUP: a reload is in progress; send SIGHUP "
+                            "again once it is done");
+            } else if (!stopping) {
+                begin_reload(p);
+            }
         }
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid > 0) {
-            for (int i = 0; i < n; i++) {
-                if (kids[i].pid == pid) {
-                    kids[i].pid = 0;
-                    alive--;
-                    on_exit_child(cfg, &kids[i], status, now - t0, &stopping,
-                                  &exit_code);
+            for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+                if (p->kids[i].used && p->kids[i].pid == pid) {
+                    on_exit_child(p, i, status, &stopping, &exit_code);
+                    break;
                 }
             }
             continue;
         }
-        for (int i = 0; i < n && !stopping; i++) {
-            if (kids[i].pid == 0 && kids[i].restart_at_ms &&
-                now >= kids[i].restart_at_ms && spawn(cfg, &kids[i]) > 0) {
-                alive++;
+        if (now >= next_check) {
+            check_deadlines(p, now);
+            next_check = now + DEADLINE_CHECK_MS;
+        }
+        if (p->reloading && !stopping) {
+            reload_step(p, now);
+        }
+        for (int i = 0; i < CLI_MAX_SLOTS && !stopping; i++) {
+            child *c = &p->kids[i];
+            if (c->used && c->pid == 0 && c->restart_at_ms &&
+                now >= c->restart_at_ms) {
+                spawn(p, i);
             }
         }
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
+        cli_http_wait(p->http, 50);
     }
     return exit_code;
 }
@@ -304,39 +675,52 @@ int cmd_run(int argc, char **argv) {
     if (cfg == NULL) {
         return EXIT_USAGE;
     }
-    if (workers) {
-        /* --workers overrides the file for everything that reads it,
-         * including each worker's share of rate_limit_per_s. */
-        for (int i = 0; i < cfg->n_consumers; i++) {
-            cfg->consumers[i].workers = workers;
-        }
-    }
-    int n = 0;
-    for (int i = 0; i < cfg->n_consumers; i++) {
-        n += workers ? workers : cfg->consumers[i].workers;
-    }
-    if (n <= 0) {
-        cli_error("%s: no workers to run", path);
+    apply_override(cfg, workers);
+    int n = total_workers(cfg);
+    if (n <= 0 || n > MAX_WORKERS) {
+        cli_error("%s: %d workers in all; expected 1..%d", path, n,
+                  MAX_WORKERS);
         warren_config_free(cfg);
         return EXIT_USAGE;
     }
-    child *kids = calloc((size_t)n, sizeof *kids);
-    if (kids == NULL) {
+    pool *p = calloc(1, sizeof *p);
+    if (p == NULL || cli_view_init(&p->view) != 0) {
+        cli_error("cannot set up the worker slots: %s", strerror(errno));
+        free(p);
         warren_config_free(cfg);
         return EXIT_FAILURE_RUNTIME;
     }
-    for (int i = 0, k = 0; i < cfg->n_consumers; i++) {
-        int m = workers ? workers : cfg->consumers[i].workers;
-        for (int j = 0; j < m; j++) {
-            kids[k++].consumer = i;
+    p->cfg = cfg;
+    p->path = path;
+    p->workers_override = workers;
+    set_store_path(p);
+    int code = EXIT_OK;
+    if (cfg->metrics_listen != NULL) {
+        char err[512];
+        if (cli_http_start(cfg->metrics_listen, &p->view, &p->http, err,
+                           sizeof err) != 0) {
+            cli_error("%s: %s", path, err);
+            code = EXIT_METRICS;
+        } else {
+            warren__log(
+                WARREN_LOG_INFO,
+                &(warren__log_fields){"metrics", NULL, NULL, NULL, -1, -1},
+                "serving /metrics on %s", cfg->metrics_listen);
         }
     }
-    install(SIGTERM, on_supervisor_signal);
-    install(SIGINT, on_supervisor_signal);
-    install(SIGHUP, on_supervisor_signal);
-    install(SIGPIPE, SIG_IGN);
-    int code = supervise(cfg, kids, n);
-    free(kids);
-    warren_config_free(cfg);
+    if (code == EXIT_OK) {
+        install(SIGTERM, on_supervisor_signal);
+        install(SIGINT, on_supervisor_signal);
+        install(SIGHUP, on_supervisor_signal);
+        install(SIGPIPE, SIG_IGN);
+        code = supervise(p);
+    }
+    cli_http_stop(p->http);
+    cli_view_destroy(&p->view);
+    for (int g = 0; g < p->n_old; g++) {
+        warren_config_free(p->old[g]);
+    }
+    warren_config_free(p->cfg);
+    free(p);
     return code;
 }

@@ -17,11 +17,14 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #define CHANNEL 1
 #define FRAME_MAX 131072
@@ -46,6 +49,20 @@ struct warren__session {
 
     /* deliveries read while the caller waited for something else */
     warren__delivery *pending_head, *pending_tail, *free_list;
+
+    /* Keepalive: a helper thread that sends heartbeat frames while the
+     * caller is inside a handler (between keepalive_begin and _end) and so
+     * makes no rabbitmq-c calls of its own. `ka_mu` makes the two threads'
+     * use of the connection exclusive; the thread touches it only while
+     * `ka_active` is set. */
+    int heartbeat_s;
+    int ka_started;
+    pthread_t ka_thread;
+    pthread_mutex_t ka_mu;
+    pthread_cond_t ka_cv;
+    int ka_active, ka_quit, ka_failed;
+    int64_t ka_next_ms;
+    char ka_err[128];
 };
 
 static void set_err(warren__session *s, const char *fmt, ...)
@@ -269,6 +286,133 @@ static int open_socket(warren__session *s, const struct warren_config *cfg,
     return WARREN_ERR_CONNECT;
 }
 
+/* ---- keepalive while a handler runs ------------------------------------ */
+
+static void ka_deadline(struct timespec *ts, int64_t ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Wakes every heartbeat_s/8 and, while a handler runs, sends a heartbeat
+ * frame once one is due. Waking on a timer rather than being signalled by
+ * keepalive_begin() keeps the hot path free of futex wake-ups: begin and end
+ * are an uncontended lock each. */
+static void *keepalive_main(void *arg) {
+    warren__session *s = arg;
+    int64_t tick = (int64_t)s->heartbeat_s * 1000 / 8;
+    if (tick < 50) {
+        tick = 50;
+    }
+    pthread_mutex_lock(&s->ka_mu);
+    while (!s->ka_quit) {
+        struct timespec ts;
+        ka_deadline(&ts, tick);
+        pthread_cond_timedwait(&s->ka_cv, &s->ka_mu, &ts);
+        if (s->ka_quit || !s->ka_active || s->ka_failed ||
+            warren__mono_ms() < s->ka_next_ms) {
+            continue;
+        }
+        amqp_frame_t hb;
+        memset(&hb, 0, sizeof hb);
+        hb.frame_type = AMQP_FRAME_HEARTBEAT;
+        hb.channel = 0;
+        int rc = amqp_send_frame(s->conn, &hb);
+        if (rc != AMQP_STATUS_OK) {
+            s->ka_failed = 1;
+            snprintf(s->ka_err, sizeof s->ka_err, "%s", amqp_error_string2(rc));
+        }
+        s->ka_next_ms = warren__mono_ms() + (int64_t)s->heartbeat_s * 500;
+    }
+    pthread_mutex_unlock(&s->ka_mu);
+    return NULL;
+}
+
+/* Starts the keepalive thread with every signal blocked in it, so that the
+ * worker's SIGTERM/SIGINT handlers keep running on the main thread. */
+static void keepalive_start(warren__session *s) {
+    pthread_condattr_t ca;
+    sigset_t all, old;
+    if (s->heartbeat_s <= 0) {
+        return;
+    }
+    if (pthread_mutex_init(&s->ka_mu, NULL) != 0) {
+        return;
+    }
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (pthread_cond_init(&s->ka_cv, &ca) != 0) {
+        pthread_condattr_destroy(&ca);
+        pthread_mutex_destroy(&s->ka_mu);
+        return;
+    }
+    pthread_condattr_destroy(&ca);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&s->ka_thread, NULL, keepalive_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        /* Heartbeats then work as before: only inside library calls. */
+        warren__log(WARREN_LOG_WARN, NULL,
+                    "cannot start the heartbeat thread (%s): a handler "
+                    "running longer than 2 x heartbeat_s loses the connection",
+                    strerror(rc));
+        pthread_cond_destroy(&s->ka_cv);
+        pthread_mutex_destroy(&s->ka_mu);
+        return;
+    }
+    s->ka_started = 1;
+}
+
+static void keepalive_stop(warren__session *s) {
+    if (!s->ka_started) {
+        return;
+    }
+    pthread_mutex_lock(&s->ka_mu);
+    s->ka_quit = 1;
+    s->ka_active = 0;
+    pthread_cond_signal(&s->ka_cv);
+    pthread_mutex_unlock(&s->ka_mu);
+    pthread_join(s->ka_thread, NULL);
+    pthread_cond_destroy(&s->ka_cv);
+    pthread_mutex_destroy(&s->ka_mu);
+    s->ka_started = 0;
+}
+
+void warren__session_keepalive_begin(warren__session *s) {
+    if (s == NULL || !s->ka_started) {
+        return;
+    }
+    pthread_mutex_lock(&s->ka_mu);
+    s->ka_active = 1;
+    /* rabbitmq-c sends its own heartbeat once heartbeat_s has passed
+     * without a send, so the last frame may be up to heartbeat_s old: the
+     * first one from here goes out a quarter period later, keeping every
+     * gap well under the broker's 2 x heartbeat_s. */
+    s->ka_next_ms = warren__mono_ms() + (int64_t)s->heartbeat_s * 250;
+    pthread_mutex_unlock(&s->ka_mu);
+}
+
+void warren__session_keepalive_end(warren__session *s) {
+    if (s == NULL || !s->ka_started) {
+        return;
+    }
+    pthread_mutex_lock(&s->ka_mu);
+    s->ka_active = 0;
+    if (s->ka_failed && !s->broken) {
+        s->broken = 1;
+        set_err(s,
+                "connection to the broker lost while sending a heartbeat: "
+                "%s",
+                s->ka_err);
+    }
+    pthread_mutex_unlock(&s->ka_mu);
+}
+
 int warren__session_connect(const struct warren_config *cfg, int url_index,
                             warren__session **out, char *err, size_t errlen) {
     struct amqp_connection_info ci;
@@ -335,6 +479,10 @@ int warren__session_connect(const struct warren_config *cfg, int url_index,
     if (rc == 0) {
         rc = open_channel(s);
     }
+    if (rc == 0) {
+        s->heartbeat_s = amqp_get_heartbeat(s->conn);
+        keepalive_start(s);
+    }
     free(url);
     if (rc != 0) {
         snprintf(err, errlen, "%s", s->err);
@@ -359,6 +507,7 @@ void warren__session_free(warren__session *s) {
     if (s == NULL) {
         return;
     }
+    keepalive_stop(s);
     if (!s->broken) {
         amqp_channel_close(s->conn, CHANNEL, AMQP_REPLY_SUCCESS);
         amqp_connection_close(s->conn, AMQP_REPLY_SUCCESS);
@@ -550,6 +699,10 @@ static int read_content(warren__session *s, warren__delivery *d,
             memcpy(d->body + got, frag.bytes, frag.len);
         }
         got += frag.len;
+        /* Each frame lives in the channel's pool until released: without
+         * this a body is held twice (frames + copy) until its end. The
+         * properties were deep-copied above, so nothing points there. */
+        amqp_maybe_release_buffers_on_channel(s->conn, f.channel);
     }
     if (d) {
         d->msg.body_len = d->too_large ? 0 : (size_t)size;

@@ -91,6 +91,17 @@ void warren__session_release(warren__session *s);
  * pending list), which also sends heartbeats that are due. */
 int warren__session_service(warren__session *s);
 
+/* Heartbeats while a handler runs. rabbitmq-c sends heartbeats only inside
+ * its own calls, so a handler running longer than 2 x heartbeat_s would get
+ * the connection closed by the broker. Between begin() and end() the caller
+ * promises to make no call on this session (from any thread); a helper
+ * thread, started at connect when heartbeats are on, sends a heartbeat
+ * frame every heartbeat_s/2 meanwhile, the two never using the connection
+ * at once. end() returns once the helper is off the connection; if a send
+ * failed the session is broken from then on. No-ops with heartbeats off. */
+void warren__session_keepalive_begin(warren__session *s);
+void warren__session_keepalive_end(warren__session *s);
+
 int warren__session_ack(warren__session *s, uint64_t tag, int multiple);
 int warren__session_nack(warren__session *s, uint64_t tag, int multiple,
                          int requeue);

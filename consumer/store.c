@@ -454,8 +454,22 @@ static int setup(warren__store *s, const warren__store_opts *opts) {
     return 0;
 }
 
+/* SQLite's memory statistics take a global mutex around every allocation
+ * (~7% of a worker's CPU in `perf record`, mutex lock/unlock): warren never
+ * reads them. This is process-wide and only possible before SQLite is first
+ * initialised; if something else initialised it, the call is refused
+ * (SQLITE_MISUSE) and nothing changes. */
+static void tune_sqlite_once(void) {
+    static int done;
+    if (!done) {
+        done = 1;
+        (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    }
+}
+
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen) {
+    tune_sqlite_once();
     if (out) {
         *out = NULL;
     }
@@ -885,19 +899,12 @@ int warren__store_prune(warren__store *s, int64_t now_ms, uint32_t retention_s,
 }
 
 /* Deletes the record of (queue, id); with `only_dead`, only a dead one. */
-static int forget(warren__store *s, const char *queue, const char *id,
-                  int64_t now_ms, int only_dead) {
-    if (s == NULL || queue == NULL || id == NULL) {
-        return WARREN_ERR_INVAL;
-    }
-    if (warren__store_in_txn(s)) {
-        return set_err(s, WARREN_ERR_INVAL,
-                       "forget: called inside an open transaction");
-    }
-    int rc = run(s, ST_BEGIN, "begin forget");
-    if (rc != 0) {
-        return rc;
-    }
+/* Deletes one record inside the open transaction (see forget()). A record
+ * kept is not an error of the transaction: NOT_FOUND and STORE_BUSY leave
+ * it usable. */
+static int forget_in_txn(warren__store *s, const char *queue, const char *id,
+                         int64_t now_ms, int only_dead) {
+    int rc;
     sqlite3_stmt *st = s->st[ST_FORGET_SELECT];
     bind_key(st, queue, id);
     int step = sqlite3_step(st);
@@ -926,6 +933,54 @@ static int forget(warren__store *s, const char *queue, const char *id,
                  ? set_err(s, WARREN_ERR_NOT_FOUND,
                            "forget: no record of %s/%s", queue, id)
                  : sql_fail(s, step, "forget");
+    }
+    return rc;
+}
+
+static int forget(warren__store *s, const char *queue, const char *id,
+                  int64_t now_ms, int only_dead) {
+    if (s == NULL || queue == NULL || id == NULL) {
+        return WARREN_ERR_INVAL;
+    }
+    if (warren__store_in_txn(s)) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "forget: called inside an open transaction");
+    }
+    int rc = run(s, ST_BEGIN, "begin forget");
+    if (rc != 0) {
+        return rc;
+    }
+    rc = forget_in_txn(s, queue, id, now_ms, only_dead);
+    if (rc == 0) {
+        rc = run(s, ST_COMMIT, "commit forget");
+    }
+    if (rc != 0) {
+        warren__store_rollback(s);
+    }
+    return rc;
+}
+
+int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
+                                   const char *const *ids, size_t n,
+                                   int64_t now_ms, int *results) {
+    if (s == NULL ||
+        (n > 0 && (queues == NULL || ids == NULL || results == NULL))) {
+        return WARREN_ERR_INVAL;
+    }
+    if (warren__store_in_txn(s)) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "forget: called inside an open transaction");
+    }
+    if (n == 0) {
+        return 0;
+    }
+    int rc = run(s, ST_BEGIN, "begin forget");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        results[i] = forget_in_txn(s, queues[i], ids[i], now_ms, 1);
+        if (results[i] != 0 && results[i] != WARREN_ERR_NOT_FOUND &&
+            results[i] != WARREN_ERR_STORE_BUSY) {
+            rc = results[i];
+        }
     }
     if (rc == 0) {
         rc = run(s, ST_COMMIT, "commit forget");

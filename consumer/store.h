@@ -135,6 +135,15 @@ int warren__store_forget(warren__store *s, const char *queue, const char *id,
 int warren__store_forget_dead(warren__store *s, const char *queue,
                               const char *id, int64_t now_ms);
 
+/* forget_dead for `n` keys (queues[i], ids[i]) in one write transaction,
+ * so one sync for all. Sets results[i] to 0 (forgotten) or
+ * WARREN_ERR_NOT_FOUND (no record, or one in any state but `dead`, a live
+ * claim included: kept). Returns 0, or an error with nothing forgotten.
+ * Used by dlq replay, once per window. */
+int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
+                                   const char *const *ids, size_t n,
+                                   int64_t now_ms, int *results);
+
 /* Rows per (queue, state). Calls `fn` once per pair. */
 int warren__store_stats(warren__store *s,
                         void (*fn)(const char *queue, const char *state,

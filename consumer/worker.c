@@ -11,6 +11,12 @@
  *   3. publish retry and dead-letter copies and wait for their confirms;
  *   4. record every outcome in one transaction and commit it;
  *   5. only then acknowledge (one multiple-ack where the tags allow).
+ * Group commit saves a sync per batch: when more deliveries are already
+ * buffered at step 4, they are read as the next batch and claimed inside
+ * the same transaction (claim_next()), so one commit covers this batch's
+ * outcomes and the next one's claims; with nothing buffered the outcomes
+ * commit alone at once. Acks are coalesced across batches (ACK_EVERY) but
+ * never sent before their outcomes commit.
  * A failure at any step leaves the affected originals unacknowledged, so
  * the broker redelivers them and the store keeps them from running twice.
  * Before each handler call the circuit breaker and the rate limiter have
@@ -45,6 +51,14 @@
 /* A body buffer grown past this is given back after its batch. */
 #define BODY_KEEP_BYTES ((size_t)1 << 20)
 #define POLL_MS 200
+/* Acks are coalesced into one multiple-ack per this many settled messages
+ * (capped at half the prefetch), or once the oldest unsent one is this old,
+ * or when no delivery arrives within ACK_IDLE_MS: the broker pays ~20-35 us
+ * per ack frame (shared/NOTES-rabbitmq.md), and a batch is only what is
+ * already buffered, often a handful of messages. */
+#define ACK_EVERY 100
+#define ACK_MAX_DELAY_MS 20
+#define ACK_IDLE_MS 2
 #define CONFIRM_TIMEOUT_MS 30000
 #define DEFER_DELAY_MS 1000
 #define PRUNE_EVERY_MS 60000
@@ -103,10 +117,26 @@ struct warren_worker {
     warren__breaker breaker;
     warren__ratelimit rate;
 
+    /* Two halves of batch_max each: while batch N settles, batch N+1 is
+     * already read and claimed in the other (see claim_next()). `slots`,
+     * `items` and `claims` point at the half being worked on. */
+    warren__delivery *slot_mem;
+    item *item_mem;
+    warren__claim *claim_mem;
+    int half;
     warren__delivery *slots;
     item *items;
     warren__claim *claims;
-    amqp_pool_t pool; /* headers of copies, recycled every batch */
+    amqp_pool_t pool;     /* headers of copies, recycled every batch */
+    uint8_t *hdr_scratch; /* error_budget()'s encoding buffer */
+    size_t hdr_scratch_len;
+
+    /* The coalesced multiple-ack not sent yet: its tag (0: none), how many
+     * deliveries it settles, and since when (mono ms). */
+    uint64_t ack_tag;
+    int ack_count;
+    int ack_every;
+    int64_t ack_since_ms;
 };
 
 static void set_err(warren_worker *w, const char *fmt, ...) WARREN_PRINTF(2, 3);
@@ -173,9 +203,17 @@ static void count(warren_worker *w, warren_stat which) {
 }
 
 static void release_batch_memory(warren_worker *w) {
-    for (int i = 0; w->slots && i < w->c->batch_max; i++) {
-        warren__delivery_free(&w->slots[i]);
+    for (int i = 0; w->slot_mem && i < 2 * w->c->batch_max; i++) {
+        warren__delivery_free(&w->slot_mem[i]);
     }
+}
+
+static void use_half(warren_worker *w, int half) {
+    size_t off = (size_t)half * (size_t)w->c->batch_max;
+    w->half = half;
+    w->slots = w->slot_mem + off;
+    w->items = w->item_mem + off;
+    w->claims = w->claim_mem + off;
 }
 
 void warren_worker_free(warren_worker *w) {
@@ -183,10 +221,11 @@ void warren_worker_free(warren_worker *w) {
         return;
     }
     release_batch_memory(w);
-    free(w->slots);
-    free(w->items);
-    free(w->claims);
+    free(w->slot_mem);
+    free(w->item_mem);
+    free(w->claim_mem);
     free(w->fn_arg);
+    free(w->hdr_scratch);
     free(w);
 }
 
@@ -287,26 +326,70 @@ static int64_t header_int(const struct warren_msg *m, const char *name,
 
 /* The error text that fits: at most 1 KiB, and less when the original
  * headers already fill much of a frame, so the copy's header frame always
- * fits the negotiated frame_max. */
-static size_t error_budget(warren_worker *w, const struct warren_msg *m) {
+ * fits the negotiated frame_max. Counted exactly (the kept headers are
+ * encoded as they will be sent) rather than estimated: with headers near
+ * frame_max a flat reserve left no room at all, and the DLQ copy went out
+ * without saying why. */
+static size_t error_budget(warren_worker *w, const warren__delivery *d) {
+    const struct warren_msg *m = &d->msg;
+    const amqp_basic_properties_t *p = m->props;
     size_t frame = warren__session_frame_max(w->sess);
-    size_t used = 0;
-    for (int i = 0; i < m->headers->num_entries; i++) {
-        const amqp_table_entry_t *e = &m->headers->entries[i];
-        used += e->key.len + 16;
-        if (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
-            e->value.kind == AMQP_FIELD_KIND_BYTES) {
-            used += e->value.value.bytes.len;
-        } else if (e->value.kind == AMQP_FIELD_KIND_TABLE ||
-                   e->value.kind == AMQP_FIELD_KIND_ARRAY) {
-            used += 1024; /* rough; nested values are rare */
+    /* frame header and end (8); class, weight, body size, flags (14);
+     * delivery mode, priority, timestamp at most (10) */
+    size_t used = 8 + 14 + 10;
+    const struct {
+        amqp_flags_t flag;
+        const amqp_bytes_t *b;
+    } strs[] = {{AMQP_BASIC_CONTENT_TYPE_FLAG, &p->content_type},
+                {AMQP_BASIC_CONTENT_ENCODING_FLAG, &p->content_encoding},
+                {AMQP_BASIC_CORRELATION_ID_FLAG, &p->correlation_id},
+                {AMQP_BASIC_REPLY_TO_FLAG, &p->reply_to},
+                {AMQP_BASIC_MESSAGE_ID_FLAG, &p->message_id},
+                {AMQP_BASIC_TYPE_FLAG, &p->type},
+                {AMQP_BASIC_USER_ID_FLAG, &p->user_id},
+                {AMQP_BASIC_APP_ID_FLAG, &p->app_id},
+                {AMQP_BASIC_CLUSTER_ID_FLAG, &p->cluster_id}};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        if (p->_flags & strs[i].flag) {
+            used += 1 + strs[i].b->len;
         }
     }
-    size_t reserve = 4096 + used;
-    if (reserve >= frame) {
+    /* The original headers the copy keeps, encoded as they will be. */
+    int n = m->headers->num_entries;
+    amqp_table_entry_t *kept =
+        amqp_pool_alloc(&w->pool, sizeof *kept * (size_t)(n > 0 ? n : 1));
+    if (w->hdr_scratch_len < frame) {
+        /* One frame-sized buffer for the worker's life: this runs for
+         * every failed message, and a malloc of 128 KiB is an mmap. */
+        free(w->hdr_scratch);
+        w->hdr_scratch = malloc(frame);
+        w->hdr_scratch_len = w->hdr_scratch ? frame : 0;
+    }
+    uint8_t *scratch = w->hdr_scratch;
+    size_t off = 0;
+    int ok = kept != NULL && scratch != NULL;
+    if (ok) {
+        amqp_table_t t = {0, kept};
+        for (int i = 0; i < n; i++) {
+            if (!is_stripped_header(m->headers->entries[i].key)) {
+                kept[t.num_entries++] = m->headers->entries[i];
+            }
+        }
+        amqp_bytes_t buf = {frame, scratch};
+        ok = amqp_encode_table(buf, &t, &off) == AMQP_STATUS_OK;
+    }
+    if (!ok) {
+        return 0; /* does not fit a frame at all, or out of memory */
+    }
+    used += off;
+    /* What warren adds: at most ten keys of up to 24 bytes with their
+     * type bytes and 8-byte values (256), plus its variable strings. */
+    used += 256 + strlen(w->c->queue) + strlen(d->exchange) +
+            strlen(d->routing_key) + strlen(w->worker_name);
+    if (used >= frame) {
         return 0;
     }
-    size_t room = frame - reserve;
+    size_t room = frame - used;
     return room < WARREN__ERROR_MAX ? room : WARREN__ERROR_MAX;
 }
 
@@ -410,14 +493,13 @@ static int classify(warren_worker *w, int n, int *n_claims) {
                      "message too large: %llu bytes > max_message_bytes %llu",
                      (unsigned long long)m->body_size_announced,
                      (unsigned long long)w->c->max_message_bytes);
-            /* Still recorded under its id when one is at hand. */
-            if (m->amqp_message_id && w->store &&
-                w->c->id_source == WARREN__ID_PROPERTY &&
-                warren__utf8_valid(m->amqp_message_id,
-                                   strlen(m->amqp_message_id)) &&
-                strlen(m->amqp_message_id) <= WARREN__ID_MAX &&
-                m->amqp_message_id[0]) {
-                snprintf(it->id, sizeof it->id, "%s", m->amqp_message_id);
+            /* Still recorded under its id when one is at hand (from the
+             * property only: the body was not read). The id policy's own
+             * checks apply, so an id with a NUL is not cut short. */
+            if (w->store && w->c->id_source == WARREN__ID_PROPERTY &&
+                warren__msgid_extract(w->c, m, it->id, why, sizeof why) !=
+                    WARREN__ID_USE) {
+                it->id[0] = '\0';
             }
         } else if (w->store == NULL) {
             it->id[0] = '\0';
@@ -456,16 +538,8 @@ static int classify(warren_worker *w, int n, int *n_claims) {
     return 0;
 }
 
-/* Step 1: claims, committed before any handler runs. */
-static int claim(warren_worker *w, int n, int n_claims) {
-    if (n_claims == 0) {
-        return 0;
-    }
-    int rc = warren__store_claim_batch(w->store, w->claims, (size_t)n_claims,
-                                       w->c->max_deliveries, warren__now_ms());
-    if (rc != 0) {
-        return rc;
-    }
+/* Turns the store's answer to each claim into the item's fate. */
+static void apply_claims(warren_worker *w, int n) {
     for (int i = 0; i < n; i++) {
         item *it = &w->items[i];
         if (it->claim < 0) {
@@ -505,6 +579,19 @@ static int claim(warren_worker *w, int n, int n_claims) {
             break;
         }
     }
+}
+
+/* Step 1: claims, committed before any handler runs. */
+static int claim(warren_worker *w, int n, int n_claims) {
+    if (n_claims == 0) {
+        return 0;
+    }
+    int rc = warren__store_claim_batch(w->store, w->claims, (size_t)n_claims,
+                                       w->c->max_deliveries, warren__now_ms());
+    if (rc != 0) {
+        return rc;
+    }
+    apply_claims(w, n);
     return 0;
 }
 
@@ -586,7 +673,12 @@ static void run_handlers(warren_worker *w, int n) {
                               deadline ? t0 + (int64_t)(w->c->timeout_s * 1000)
                                        : 0,
                               memory_order_relaxed);
+        /* The handler may outlast 2 x heartbeat_s: the session's helper
+         * thread keeps heartbeats going meanwhile, and this thread leaves
+         * the connection alone until end(). */
+        warren__session_keepalive_begin(w->sess);
         warren_result r = warren__handler_call(w->handler, m, &w->ctx);
+        warren__session_keepalive_end(w->sess);
         int64_t us = warren__mono_us() - t0_us;
         int64_t ms = us / 1000;
         atomic_store_explicit(&w->ws->handler_deadline_mono_ms, 0,
@@ -629,12 +721,21 @@ static void copy_props(amqp_basic_properties_t *p,
     p->headers.entries = tb->e;
 }
 
+/* publish_retry()'s answer when the original headers leave no room in a
+ * frame for the retry headers: the message cannot travel the cascade, so
+ * it is dead-lettered instead (publish_dead() drops those headers). */
+#define RETRY_NO_ROOM 1
+
 static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
                          int next_attempt, uint32_t delay_ms) {
     table_builder tb;
     char ex[WARREN__NAME_MAX], rk[WARREN__NAME_MAX + 64];
     amqp_basic_properties_t p;
     const struct warren_msg *m = &d->msg;
+    size_t budget = error_budget(w, d);
+    if (budget == 0) {
+        return RETRY_NO_ROOM;
+    }
     if (tb_init(&tb, &w->pool, m->headers, 8) != 0) {
         return WARREN_ERR_NOMEM;
     }
@@ -647,7 +748,7 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
     }
     if (it->reason[0]) {
         char e[WARREN__ERROR_MAX + 1];
-        snprintf(e, error_budget(w, m) + 1, "%s", it->reason);
+        snprintf(e, budget + 1, "%s", it->reason);
         tb_str(&tb, "x-warren-error", e);
     }
     copy_props(&p, m->props, &tb);
@@ -665,11 +766,24 @@ static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
     amqp_basic_properties_t p;
     const struct warren_msg *m = &d->msg;
     int64_t now = warren__now_ms();
-    if (tb_init(&tb, &w->pool, m->headers, 10) != 0) {
+    size_t budget = error_budget(w, d);
+    /* Original headers that leave no room for warren's own in one frame
+     * are dropped from the copy, and the reason says so: a copy that can
+     * never be published would requeue its original forever. */
+    static const amqp_table_t no_headers = {0, NULL};
+    int drop = budget == 0;
+    if (tb_init(&tb, &w->pool, drop ? &no_headers : m->headers, 10) != 0) {
         return WARREN_ERR_NOMEM;
     }
     char e[WARREN__ERROR_MAX + 1];
-    snprintf(e, error_budget(w, m) + 1, "%s", it->reason);
+    if (drop) {
+        snprintf(e, sizeof e,
+                 "original headers dropped: with warren's they would not fit "
+                 "a %u-byte frame; %s",
+                 (unsigned)warren__session_frame_max(w->sess), it->reason);
+    } else {
+        snprintf(e, budget + 1, "%s", it->reason);
+    }
     tb_str(&tb, "x-warren-queue", w->c->queue);
     tb_str(&tb, "x-warren-exchange", d->exchange);
     tb_str(&tb, "x-warren-routing-key", d->routing_key);
@@ -689,6 +803,18 @@ static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
                                    m->body, m->body_len, NULL);
 }
 
+static int dead_instead_of_retry(warren_worker *w, warren__delivery *d,
+                                 item *it) {
+    char why[WARREN__ERROR_MAX + 1];
+    snprintf(why, sizeof why,
+             "cannot retry: its headers leave no room for the retry headers "
+             "in one frame; last error: %s",
+             it->reason[0] ? it->reason : "none");
+    snprintf(it->reason, sizeof it->reason, "%s", why);
+    it->fate = FATE_DEAD;
+    return publish_dead(w, d, it);
+}
+
 /* Step 3: copies, confirmed before any original is acked. */
 static int publish_copies(warren_worker *w, int n) {
     int any = 0, rc = 0;
@@ -701,6 +827,9 @@ static int publish_copies(warren_worker *w, int n) {
         case FATE_RETRY:
             if (republish) {
                 rc = publish_retry(w, d, it, it->attempt + 1, it->delay_ms);
+                if (rc == RETRY_NO_ROOM) {
+                    rc = dead_instead_of_retry(w, d, it);
+                }
                 it->published = any = 1;
                 WARREN_FAILPOINT("retry.published");
             }
@@ -708,6 +837,9 @@ static int publish_copies(warren_worker *w, int n) {
         case FATE_DEFER:
             if (republish) {
                 rc = publish_retry(w, d, it, it->attempt, DEFER_DELAY_MS);
+                if (rc == RETRY_NO_ROOM) {
+                    rc = dead_instead_of_retry(w, d, it);
+                }
                 it->published = any = 1;
             }
             break;
@@ -742,7 +874,9 @@ static int publish_copies(warren_worker *w, int n) {
     return rc;
 }
 
-/* Step 4: outcomes, in one transaction with any handler writes. */
+/* Step 4: outcomes, in one transaction with any handler writes. The
+ * transaction is left open: commit_outcomes() or claim_next() commits it.
+ * On error it is rolled back. */
 static int record_outcomes(warren_worker *w, int n) {
     int rc = 0, any = warren__store_in_txn(w->store);
     int64_t now = warren__now_ms();
@@ -788,23 +922,48 @@ static int record_outcomes(warren_worker *w, int n) {
             return rc;
         }
     }
-    if (any) {
-        rc = warren__store_commit(w->store);
-        if (rc != 0) {
-            warren__store_rollback(w->store);
-        }
+    return 0;
+}
+
+static int commit_outcomes(warren_worker *w) {
+    int rc = warren__store_commit(w->store);
+    if (rc != 0) {
+        warren__store_rollback(w->store);
+    }
+    return rc;
+}
+
+/* Sends the coalesced multiple-ack, if any. */
+static int flush_acks(warren_worker *w) {
+    if (w->ack_tag == 0) {
+        return 0;
+    }
+    uint64_t tag = w->ack_tag;
+    w->ack_tag = 0;
+    w->ack_count = 0;
+    return warren__session_ack(w->sess, tag, 1);
+}
+
+/* Hands back every unsettled delivery up to `tag` (a failed commit, a busy
+ * store). Acks still owed for earlier, committed batches go out first, or
+ * the multiple-nack would requeue them too. */
+static int nack_through(warren_worker *w, uint64_t tag) {
+    int rc = flush_acks(w);
+    if (rc == 0) {
+        rc = warren__session_nack(w->sess, tag, 1, 1);
     }
     return rc;
 }
 
 /* Step 5: acknowledgements, after the outcomes are durable. Rejections go
- * first, one by one; then a single multiple-ack settles everything else in
- * the batch, because every earlier delivery on the channel is settled
- * already and later ones (read while waiting for confirms) have higher
- * tags. */
+ * first, one by one; then a single multiple-ack settles everything else,
+ * because every earlier delivery on the channel is settled already (or
+ * covered by the ack still owed) and later ones have higher tags. That ack
+ * is coalesced across batches (ACK_EVERY); delaying an ack never breaks the
+ * order outcome-committed-before-ack. */
 static int settle(warren_worker *w, int n) {
     uint64_t last_ack = 0;
-    int rc = 0;
+    int rc = 0, acked = 0;
     int nack_mode = w->c->retry.mode == WARREN__RETRY_NACK;
     for (int i = 0; i < n && rc == 0; i++) {
         item *it = &w->items[i];
@@ -817,10 +976,19 @@ static int settle(warren_worker *w, int n) {
             rc = warren__session_nack(w->sess, tag, 0, 0);
         } else {
             last_ack = tag;
+            acked++;
         }
     }
     if (rc == 0 && last_ack != 0) {
-        rc = warren__session_ack(w->sess, last_ack, 1);
+        if (w->ack_tag == 0) {
+            w->ack_since_ms = warren__mono_ms();
+        }
+        w->ack_tag = last_ack;
+        w->ack_count += acked;
+        if (w->ack_count >= w->ack_every ||
+            warren__mono_ms() - w->ack_since_ms >= ACK_MAX_DELAY_MS) {
+            rc = flush_acks(w);
+        }
     }
     return rc;
 }
@@ -862,28 +1030,89 @@ static void count_and_log(warren_worker *w, int n) {
     }
 }
 
-/* Runs one batch of `n` deliveries through steps 1-5. Returns 0, or an
- * error that ends this session (connection) or the worker (store full). */
-static int process_batch(warren_worker *w, int n) {
-    int n_claims, rc;
-    atomic_store_explicit(&w->ws->in_flight, n, memory_order_relaxed);
-    classify(w, n, &n_claims);
-    rc = claim(w, n, n_claims);
-    if (rc != 0) {
-        warren__log(WARREN_LOG_ERROR,
-                    &(warren__log_fields){"store_error", w->c->queue, NULL,
-                                          NULL, -1, -1},
-                    "claiming a batch failed, it will be redelivered: %s",
-                    warren__store_errstr(w->store));
-        if (rc == WARREN_ERR_STORE_BUSY) {
-            /* Nothing was claimed: hand the whole batch back. */
-            rc = warren__session_nack(w->sess, w->slots[n - 1].msg.delivery_tag,
-                                      1, 1);
-            return rc ? WARREN_ERR_CONNECTION : 0;
+/* Reads deliveries already buffered (never waiting) into slots[from..max).
+ * Returns how many slots are filled in all, or a session error. */
+static int fill_batch(warren_worker *w, int from, int max) {
+    int n = from;
+    while (n < max && warren__session_pending(w->sess)) {
+        int rc =
+            warren__session_next(w->sess, &w->slots[n], HARD_BODY_LIMIT, 0);
+        if (rc < 0) {
+            set_err(w, "%s", warren__session_errstr(w->sess));
+            return rc;
         }
-        set_err(w, "%s", warren__store_errstr(w->store));
-        return rc;
+        if (rc == 0) {
+            break;
+        }
+        n++;
     }
+    return n;
+}
+
+/* 1 if batch N's outcomes may wait for batch N+1's claims to share their
+ * commit: not when stopping (N+1 would only be handed back) nor when the
+ * breaker is open (the loop must pause first). */
+static int may_pipeline(warren_worker *w) {
+    return !w->stop &&
+           warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) == 0;
+}
+
+/* Group commit. Batch N's outcomes are recorded in an open transaction;
+ * if more deliveries are already buffered, they become batch N+1 in the
+ * other half: classified and claimed inside that same transaction, so one
+ * commit (one sync) makes N's outcomes and N+1's claims durable together,
+ * and N+1's handlers run only after it. Nothing buffered: N commits alone
+ * at once, so light traffic never waits. Within the transaction a second
+ * copy of an id of N sees N's outcome (done: a duplicate) and a handler's
+ * inbox writes commit with its outcome, as before. Returns 0 with
+ * `*next_n` deliveries claimed in the other half (w->slots still point at
+ * N's), or a store error after which nothing of either batch may be acked
+ * (`*next_n` then says how many of N+1 were read, to be handed back), or a
+ * session error with N committed alone. */
+static int claim_next(warren_worker *w, int *next_n, int *session_rc) {
+    int batch_max = w->c->batch_max;
+    int cur = w->half, n_claims = 0;
+    *next_n = 0;
+    *session_rc = 0;
+    if (!may_pipeline(w) || !warren__session_pending(w->sess)) {
+        return commit_outcomes(w);
+    }
+    double burst = warren__ratelimit_burst(&w->rate);
+    if (burst > 0 && burst < (double)batch_max) {
+        batch_max = (int)burst;
+    }
+    use_half(w, cur ^ 1);
+    int m = fill_batch(w, 0, batch_max);
+    if (m <= 0) {
+        use_half(w, cur);
+        *session_rc = m;
+        return commit_outcomes(w);
+    }
+    classify(w, m, &n_claims);
+    int rc =
+        warren__store_claim_and_commit(w->store, w->claims, (size_t)n_claims,
+                                       w->c->max_deliveries, warren__now_ms());
+    if (rc == 0) {
+        apply_claims(w, m);
+    }
+    use_half(w, cur);
+    *next_n = m;
+    return rc;
+}
+
+/* Last tag of the half other than the current one's first `n`. */
+static uint64_t other_last_tag(warren_worker *w, int n) {
+    size_t off = (size_t)(w->half ^ 1) * (size_t)w->c->batch_max;
+    return w->slot_mem[off + (size_t)n - 1].msg.delivery_tag;
+}
+
+/* Runs one claimed batch of `n` deliveries through steps 2-5, and, with
+ * group commit, reads and claims the next one (`*next_n` of them, left in
+ * the other half, which is current on return). Returns 0, or an error that
+ * ends this session (connection) or the worker (store full). */
+static int process_batch(warren_worker *w, int n, int *next_n) {
+    int rc, session_rc = 0;
+    *next_n = 0;
     WARREN_FAILPOINT("claim.after");
     run_handlers(w, n);
     WARREN_FAILPOINT("handler.after");
@@ -904,17 +1133,24 @@ static int process_batch(warren_worker *w, int n) {
     }
     if (w->store) {
         rc = record_outcomes(w, n);
+        if (rc == 0) {
+            rc = broken ? commit_outcomes(w)
+                        : claim_next(w, next_n, &session_rc);
+        }
         if (rc != 0) {
+            int both = *next_n > 0;
             warren__log(WARREN_LOG_ERROR,
                         &(warren__log_fields){"store_error", w->c->queue, NULL,
                                               NULL, -1, -1},
-                        "recording outcomes failed, nothing of this batch is "
-                        "acked and it will be redelivered: %s",
+                        "committing outcomes failed, nothing of this batch%s "
+                        "is acked and it will be redelivered: %s",
+                        both ? " or the next" : "",
                         warren__store_errstr(w->store));
             if (!broken) {
-                warren__session_nack(w->sess, w->slots[n - 1].msg.delivery_tag,
-                                     1, 1);
+                nack_through(w, both ? other_last_tag(w, *next_n)
+                                     : w->slots[n - 1].msg.delivery_tag);
             }
+            *next_n = 0;
             if (rc == WARREN_ERR_STORE_BUSY) {
                 return broken ? WARREN_ERR_CONNECTION : 0;
             }
@@ -926,8 +1162,8 @@ static int process_batch(warren_worker *w, int n) {
         return WARREN_ERR_CONNECTION;
     }
     WARREN_FAILPOINT("commit.after");
-    rc = settle(w, n);
-    atomic_store_explicit(&w->ws->in_flight, 0, memory_order_relaxed);
+    rc = session_rc ? session_rc : settle(w, n);
+    atomic_store_explicit(&w->ws->in_flight, *next_n, memory_order_relaxed);
     count_and_log(w, n);
     for (int i = 0; i < n; i++) {
         if (w->slots[i].body_cap > BODY_KEEP_BYTES) {
@@ -937,7 +1173,14 @@ static int process_batch(warren_worker *w, int n) {
         }
     }
     warren__session_release(w->sess);
-    return rc ? WARREN_ERR_CONNECTION : 0;
+    if (rc != 0) {
+        *next_n = 0;
+        return WARREN_ERR_CONNECTION;
+    }
+    if (*next_n > 0) {
+        use_half(w, w->half ^ 1);
+    }
+    return 0;
 }
 
 /* ---- setup and the loop ---------------------------------------------------
@@ -1039,8 +1282,66 @@ static void maybe_prune(warren_worker *w) {
     }
 }
 
+/* Reads and claims a new batch (the first, or one after a batch that
+ * committed alone) into the current half. Returns its size, 0 if there was
+ * none (timeout, or a busy store handed it back), or an error. */
+static int take_batch(warren_worker *w, int batch_max) {
+    int rc;
+    if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
+        /* Acks are owed: wait a moment for more traffic to share them,
+         * then send them before any longer wait. */
+        rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+                                  ACK_IDLE_MS);
+        if (rc == 0) {
+            rc = flush_acks(w);
+            if (rc != 0) {
+                set_err(w, "%s", warren__session_errstr(w->sess));
+                return WARREN_ERR_CONNECTION;
+            }
+            rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+                                      POLL_MS);
+        }
+    } else {
+        rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+                                  POLL_MS);
+    }
+    if (rc < 0) {
+        set_err(w, "%s", warren__session_errstr(w->sess));
+        return rc;
+    }
+    if (rc == 0) {
+        maybe_prune(w);
+        return 0;
+    }
+    int n = fill_batch(w, 1, batch_max);
+    if (n < 0) {
+        return n;
+    }
+    int n_claims;
+    atomic_store_explicit(&w->ws->in_flight, n, memory_order_relaxed);
+    classify(w, n, &n_claims);
+    rc = claim(w, n, n_claims);
+    if (rc != 0) {
+        warren__log(WARREN_LOG_ERROR,
+                    &(warren__log_fields){"store_error", w->c->queue, NULL,
+                                          NULL, -1, -1},
+                    "claiming a batch failed, it will be redelivered: %s",
+                    warren__store_errstr(w->store));
+        if (rc == WARREN_ERR_STORE_BUSY) {
+            /* Nothing was claimed: hand the whole batch back. */
+            rc = nack_through(w, w->slots[n - 1].msg.delivery_tag);
+            return rc ? WARREN_ERR_CONNECTION : 0;
+        }
+        set_err(w, "%s", warren__store_errstr(w->store));
+        return rc;
+    }
+    return n;
+}
+
 /* Consumes until stopped or the session fails; returns BREAKER_PAUSE when
- * the breaker is open. */
+ * the breaker is open. A batch claimed ahead by group commit is always run
+ * (or, when stopping, handed back through its handlers' requeue) before
+ * the loop ends, so no claim is left behind. */
 static int consume_loop(warren_worker *w) {
     int batch_max = w->c->batch_max;
     double burst = warren__ratelimit_burst(&w->rate);
@@ -1051,41 +1352,40 @@ static int consume_loop(warren_worker *w) {
          * steadily instead of after a long paced run. */
         batch_max = (int)burst;
     }
-    while (!w->stop) {
-        int n = 0;
-        if (warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
-            return BREAKER_PAUSE;
-        }
-        int rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
-                                      POLL_MS);
-        if (rc < 0) {
-            set_err(w, "%s", warren__session_errstr(w->sess));
-            return rc;
-        }
-        if (rc == 0) {
-            maybe_prune(w);
-            continue;
-        }
-        n = 1;
-        while (n < batch_max && warren__session_pending(w->sess)) {
-            rc =
-                warren__session_next(w->sess, &w->slots[n], HARD_BODY_LIMIT, 0);
-            if (rc < 0) {
-                set_err(w, "%s", warren__session_errstr(w->sess));
-                return rc;
+    int n = 0, rc;
+    w->ack_tag = 0;
+    w->ack_count = 0;
+    w->ack_every =
+        w->c->prefetch / 2 < ACK_EVERY ? w->c->prefetch / 2 : ACK_EVERY;
+    if (w->ack_every < 1) {
+        w->ack_every = 1;
+    }
+    use_half(w, 0);
+    while (!w->stop || n > 0) {
+        if (n == 0) {
+            if (warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
+                flush_acks(w);
+                return BREAKER_PAUSE;
             }
-            if (rc == 0) {
-                break;
+            n = take_batch(w, batch_max);
+            if (n < 0) {
+                return n;
             }
-            n++;
+            if (n == 0) {
+                continue;
+            }
         }
-        rc = process_batch(w, n);
+        rc = process_batch(w, n, &n);
         if (rc != 0) {
             if (w->err[0] == '\0' && w->sess) {
                 set_err(w, "%s", warren__session_errstr(w->sess));
             }
             return rc;
         }
+    }
+    if (flush_acks(w) != 0) {
+        set_err(w, "%s", warren__session_errstr(w->sess));
+        return WARREN_ERR_CONNECTION;
     }
     return 0;
 }
@@ -1130,13 +1430,15 @@ int warren_worker_run(warren_worker *w) {
     snprintf(w->worker_name, sizeof w->worker_name, "%s:%d", w->host,
              (int)getpid());
     atomic_store_explicit(&w->ws->pid, (int64_t)getpid(), memory_order_relaxed);
-    w->slots = calloc((size_t)w->c->batch_max, sizeof *w->slots);
-    w->items = calloc((size_t)w->c->batch_max, sizeof *w->items);
-    w->claims = calloc((size_t)w->c->batch_max, sizeof *w->claims);
-    if (!w->slots || !w->items || !w->claims) {
+    size_t halves = 2 * (size_t)w->c->batch_max;
+    w->slot_mem = calloc(halves, sizeof *w->slot_mem);
+    w->item_mem = calloc(halves, sizeof *w->item_mem);
+    w->claim_mem = calloc(halves, sizeof *w->claim_mem);
+    if (!w->slot_mem || !w->item_mem || !w->claim_mem) {
         set_err(w, "out of memory");
         return WARREN_ERR_NOMEM;
     }
+    use_half(w, 0);
     init_amqp_pool(&w->pool, 16384);
     warren__breaker_init(&w->breaker, &w->c->breaker, w->c->queue);
     /* "Across the pool": each of the consumer's workers takes an equal

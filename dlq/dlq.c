@@ -9,9 +9,13 @@
  * their copy is confirmed; everything else is given back at the end by
  * basic.cancel and a nack-requeue of all outstanding tags, which RabbitMQ
  * puts back at its original position (with the redelivered flag set).
+ * Replay works in windows: the selected deliveries of a window are kept,
+ * their dead records released in the store, their copies published back to
+ * back, and the confirms awaited once, before one ack settles the window.
  */
 #include "dlq.h"
 
+#include "failpoint.h"
 #include "log.h"
 #include "topology.h"
 
@@ -25,7 +29,27 @@
 /* How long to wait for the next delivery of the depth seen at the start
  * before concluding someone else took the rest. */
 #define READ_IDLE_MS 10000
-#define DEFAULT_WINDOW 256
+/* Copies published before their confirms are awaited, and dead letters
+ * acked at once. Large enough that the confirm round trip and the ack are
+ * paid once per thousands of messages; a window's deliveries are kept in
+ * memory until it is flushed (a few MB). */
+#define DEFAULT_WINDOW 2048
+/* Import's stop-and-wait batch. */
+#define IMPORT_WINDOW 256
+/* When paced, publish what was selected at least this often, so that the
+ * rate holds over short intervals and the DLQ shrinks while one watches. */
+#define PACED_FLUSH_MS 200
+
+/* A selected dead letter whose copy is not published yet. The delivery is
+ * read straight into its slot, so keeping it costs no copy. */
+typedef struct {
+    warren__delivery d;
+    char to[WARREN__NAME_MAX]; /* the copy's queue */
+    char queue[WARREN__NAME_MAX];
+    char id[WARREN__ID_MAX + 1];
+    int has_dedup_id;
+    int busy; /* its id is being processed: not replayed */
+} slot;
 
 struct warren__dlq {
     const warren_config *cfg;
@@ -40,7 +64,12 @@ struct warren__dlq {
     uint64_t *tags;
     size_t n_tags, cap_tags;
     size_t n_published; /* of those, how many had a copy published */
+    uint64_t max_tag;   /* the largest of `tags` */
     uint64_t held;      /* deliveries kept unacked, to be released */
+    /* the window: n_slots selected for replay, slot n_slots the next read;
+     * each allocated on first use (list needs one), never moved */
+    slot **slots;
+    size_t n_slots, cap_slots;
     int consuming;
     int n_unconfirmed;
     amqp_pool_t pool;
@@ -159,6 +188,13 @@ void warren__dlq_close(warren__dlq *q) {
     release_all(q);
     warren__session_free(q->sess);
     empty_amqp_pool(&q->pool);
+    for (size_t i = 0; i < q->cap_slots; i++) {
+        if (q->slots[i]) {
+            warren__delivery_free(&q->slots[i]->d);
+            free(q->slots[i]);
+        }
+    }
+    free(q->slots);
     free(q->tags);
     free(q);
 }
@@ -174,6 +210,9 @@ static int push_tag(warren__dlq *q, uint64_t tag) {
         q->cap_tags = cap;
     }
     q->tags[q->n_tags++] = tag;
+    if (tag > q->max_tag) {
+        q->max_tag = tag;
+    }
     return 0;
 }
 
@@ -204,11 +243,12 @@ static int settle(warren__dlq *q, const warren__dlq_ops *ops,
         q->held += q->n_tags;
         q->n_tags = 0;
         q->n_published = 0;
+        q->max_tag = 0;
         return rc;
     }
-    if (q->held == 0) {
-        /* Nothing held below: one ack settles the whole window. */
-        rc = warren__session_ack(q->sess, q->tags[q->n_tags - 1], 1);
+    if (q->held == 0 && q->n_slots == 0) {
+        /* Nothing held or waiting below: one ack settles the window. */
+        rc = warren__session_ack(q->sess, q->max_tag, 1);
     } else {
         for (size_t i = 0; i < q->n_tags && rc == 0; i++) {
             rc = warren__session_ack(q->sess, q->tags[i], 0);
@@ -223,10 +263,109 @@ static int settle(warren__dlq *q, const warren__dlq_ops *ops,
     }
     q->n_tags = 0;
     q->n_published = 0;
+    q->max_tag = 0;
     if (ops->progress) {
         ops->progress(st, ops->user);
     }
     return rc;
+}
+
+/* Releases the dead records of the window's ids in one store transaction
+ * (one sync per window), so that dedup lets their copies run. An id a
+ * worker is processing right now is marked busy and not replayed. On a
+ * store error nothing of the window is published. */
+static int forget_window(warren__dlq *q, int64_t now) {
+    const char *queues[DEFAULT_WINDOW], *ids[DEFAULT_WINDOW];
+    int results[DEFAULT_WINDOW];
+    size_t n = 0, at[DEFAULT_WINDOW];
+    if (q->store == NULL) {
+        return 0;
+    }
+    for (size_t i = 0; i <= q->n_slots; i++) {
+        if (n == DEFAULT_WINDOW || (i == q->n_slots && n > 0)) {
+            int rc = warren__store_forget_dead_many(q->store, queues, ids, n,
+                                                    now, results);
+            if (rc != 0) {
+                set_err(q, "%s", warren__store_errstr(q->store));
+                return rc;
+            }
+            for (size_t k = 0; k < n; k++) {
+                slot *sl = q->slots[at[k]];
+                if (results[k] == WARREN_ERR_STORE_BUSY) {
+                    warren__log(WARREN_LOG_WARN,
+                                &(warren__log_fields){"dlq_skip", sl->queue,
+                                                      sl->id, NULL, -1, -1},
+                                "not replayed: its id is being processed");
+                    sl->busy = 1;
+                }
+            }
+            n = 0;
+        }
+        if (i < q->n_slots && q->slots[i]->has_dedup_id) {
+            queues[n] = q->slots[i]->queue;
+            ids[n] = q->slots[i]->id;
+            at[n++] = i;
+        }
+    }
+    return 0;
+}
+
+/* Publishes the copies of the window back to back, without waiting for
+ * their confirms (settle does, once). Whatever is not published stays in
+ * the DLQ (held, released at the end). */
+static int publish_window(warren__dlq *q, const warren__dlq_ops *ops,
+                          warren__dlq_stats *st) {
+    int64_t now = warren__now_ms();
+    size_t i = 0;
+    int rc = forget_window(q, now);
+    for (; rc == 0 && i < q->n_slots; i++) {
+        slot *sl = q->slots[i];
+        if (sl->busy) {
+            st->skipped++;
+            q->held++;
+            continue;
+        }
+        const warren__delivery *d = &sl->d;
+        amqp_basic_properties_t p = *d->msg.props;
+        recycle_amqp_pool(&q->pool);
+        rc = warren__dlq_replay_headers(d->msg.headers, ops->clean, now,
+                                        &q->pool, &p.headers);
+        if (rc != 0) {
+            set_err(q, "out of memory building headers");
+            break;
+        }
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        rc = warren__session_publish(q->sess, "", sl->to, &p, d->msg.body,
+                                     d->msg.body_len, NULL);
+        if (rc != 0) {
+            set_err(q, "%s", warren__session_errstr(q->sess));
+            break;
+        }
+        /* The copy is out, unconfirmed, and the original not acked: a
+         * crash here leaves the message in both queues (dedup catches the
+         * second copy on a later replay). */
+        WARREN_FAILPOINT("replay.published");
+        rc = push_tag(q, d->msg.delivery_tag);
+        if (rc != 0) {
+            /* Published but cannot be acked: it stays in the DLQ too. */
+            set_err(q, "out of memory");
+            q->held++;
+            i++;
+            break;
+        }
+        q->n_published++;
+    }
+    q->held += q->n_slots - i; /* not published: given back at the end */
+    q->n_slots = 0;
+    return rc;
+}
+
+/* Publishes the window, then settles everything waiting for an ack. */
+static int flush(warren__dlq *q, const warren__dlq_ops *ops,
+                 warren__dlq_stats *st) {
+    int rc = publish_window(q, ops, st);
+    int src = settle(q, ops, st);
+    return rc ? rc : src;
 }
 
 static void pace(double rate, int64_t start_ms, uint64_t done) {
@@ -242,60 +381,44 @@ static void pace(double rate, int64_t start_ms, uint64_t done) {
     }
 }
 
-/* Forgets the store record, then publishes the replay copy. Returns 1 if
- * published, 0 if skipped (the id is being processed right now). */
-static int replay_one(warren__dlq *q, const warren__dlq_ops *ops,
-                      const warren__dlq_entry *e, const warren__delivery *d) {
-    int64_t now = warren__now_ms();
-    if (q->store && e->has_dedup_id) {
-        int rc = warren__store_forget_dead(q->store, e->queue, e->id, now);
-        if (rc == WARREN_ERR_STORE_BUSY) {
-            warren__log(WARREN_LOG_WARN,
-                        &(warren__log_fields){"dlq_skip", e->queue, e->id, NULL,
-                                              -1, -1},
-                        "not replayed: %s", warren__store_errstr(q->store));
-            return 0;
-        }
-        if (rc != 0 && rc != WARREN_ERR_NOT_FOUND) {
-            set_err(q, "%s", warren__store_errstr(q->store));
-            return rc;
-        }
-    }
-    amqp_basic_properties_t p = *d->msg.props;
-    recycle_amqp_pool(&q->pool);
-    int rc = warren__dlq_replay_headers(d->msg.headers, ops->clean, now,
-                                        &q->pool, &p.headers);
-    if (rc != 0) {
-        set_err(q, "out of memory building headers");
-        return rc;
-    }
-    p._flags |= AMQP_BASIC_HEADERS_FLAG;
-    const char *to = ops->to_queue ? ops->to_queue : e->queue;
-    rc = warren__session_publish(q->sess, "", to, &p, d->msg.body,
-                                 d->msg.body_len, NULL);
-    if (rc != 0) {
-        set_err(q, "%s", warren__session_errstr(q->sess));
-        return rc;
-    }
-    return 1;
+/* Keeps the delivery in slot n_slots for the window. */
+static void select_for_replay(warren__dlq *q, const warren__dlq_ops *ops,
+                              const warren__dlq_entry *e) {
+    slot *sl = q->slots[q->n_slots++];
+    snprintf(sl->to, sizeof sl->to, "%s",
+             ops->to_queue ? ops->to_queue : e->queue);
+    snprintf(sl->queue, sizeof sl->queue, "%s", e->queue);
+    snprintf(sl->id, sizeof sl->id, "%s", e->id);
+    sl->has_dedup_id = e->has_dedup_id;
+    sl->busy = 0;
 }
 
 int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
                      const warren__dlq_ops *ops, warren__dlq_stats *st) {
-    warren__delivery d;
     warren__dlq_entry e;
     int rc = 0, selecting = 1;
-    int window = ops->window > 0 ? ops->window : DEFAULT_WINDOW;
-    int64_t start = warren__mono_ms(), last_settle = start;
+    size_t window = ops->window > 0 ? (size_t)ops->window : DEFAULT_WINDOW;
+    int64_t start = warren__mono_ms(), last_flush = start;
     uint64_t paced = 0;
     memset(st, 0, sizeof *st);
     st->depth = q->depth;
     if (q->depth == 0) {
         return 0;
     }
-    /* Unlimited prefetch: a limit would stop deliveries once that many
-     * unselected messages are held, before the depth is read. */
-    rc = warren__session_qos(q->sess, 0);
+    if (q->cap_slots < window + 1) {
+        slot **s = realloc(q->slots, (window + 1) * sizeof *s);
+        if (s == NULL) {
+            set_err(q, "out of memory for a window of %zu", window);
+            return WARREN_ERR_NOMEM;
+        }
+        memset(s + q->cap_slots, 0, (window + 1 - q->cap_slots) * sizeof *s);
+        q->slots = s;
+        q->cap_slots = window + 1;
+    }
+    q->n_slots = 0;
+    /* Unlimited prefetch unless asked: a limit would stop deliveries once
+     * that many unselected messages are held, before the depth is read. */
+    rc = warren__session_qos(q->sess, ops->prefetch);
     if (rc == 0) {
         rc = warren__session_consume(q->sess, q->name);
     }
@@ -304,17 +427,34 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
         return rc;
     }
     q->consuming = 1;
-    warren__delivery_init(&d);
     while (st->scanned < q->depth) {
         if (ops->stop && *ops->stop) {
             st->interrupted = 1;
             break;
         }
-        int got = warren__session_next(q->sess, &d, q->c->max_message_bytes,
+        if (q->slots[q->n_slots] == NULL) {
+            q->slots[q->n_slots] = calloc(1, sizeof(slot));
+            if (q->slots[q->n_slots] == NULL) {
+                rc = WARREN_ERR_NOMEM;
+                set_err(q, "out of memory");
+                break;
+            }
+        }
+        warren__delivery *d = &q->slots[q->n_slots]->d;
+        int got = warren__session_next(q->sess, d, q->c->max_message_bytes,
                                        READ_IDLE_MS);
         if (got < 0) {
             rc = got;
             set_err(q, "%s", warren__session_errstr(q->sess));
+            break;
+        }
+        if (got == 0 && ops->prefetch > 0 && q->held >= ops->prefetch) {
+            rc = WARREN_ERR_TIMEOUT;
+            set_err(q,
+                    "%llu dead letters left in place fill the prefetch "
+                    "window of %u: stopped after reading %llu of %u",
+                    (unsigned long long)q->held, (unsigned)ops->prefetch,
+                    (unsigned long long)st->scanned, q->depth);
             break;
         }
         if (got == 0) {
@@ -327,8 +467,8 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
             break;
         }
         st->scanned++;
-        d.msg.queue = q->name;
-        warren__dlq_entry_fill(&e, q->c, &d.msg);
+        d->msg.queue = q->name;
+        warren__dlq_entry_fill(&e, q->c, &d->msg);
         e.position = st->scanned;
         int action = WARREN__DLQ_KEEP;
         if (selecting && warren__dlq_filter_match(f, &e)) {
@@ -336,7 +476,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
                 action = WARREN__DLQ_KEEP;
             } else {
                 st->matched++;
-                action = ops->on_match(&e, &d, ops->user);
+                action = ops->on_match(&e, d, ops->user);
             }
         }
         if (action < 0) {
@@ -344,29 +484,18 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
             q->held++;
             break;
         }
-        if (d.too_large && action == WARREN__DLQ_REPLAY) {
+        if (d->too_large && action == WARREN__DLQ_REPLAY) {
             /* The body was not read: a copy would lose it. */
             st->skipped++;
             action = WARREN__DLQ_KEEP;
         }
         if (action == WARREN__DLQ_REPLAY) {
             pace(ops->rate_per_s, start, paced++);
-            int r = replay_one(q, ops, &e, &d);
-            if (r < 0) {
-                rc = r;
-                q->held++;
-                break;
-            }
-            if (r == 0) {
-                st->skipped++;
-                action = WARREN__DLQ_KEEP;
-            } else {
-                q->n_published++;
-            }
-        }
-        if (action == WARREN__DLQ_REPLAY || action == WARREN__DLQ_REMOVE) {
-            rc = push_tag(q, d.msg.delivery_tag);
+            select_for_replay(q, ops, &e);
+        } else if (action == WARREN__DLQ_REMOVE) {
+            rc = push_tag(q, d->msg.delivery_tag);
             if (rc != 0) {
+                set_err(q, "out of memory");
                 q->held++;
                 break;
             }
@@ -377,12 +506,11 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
             }
         }
         int64_t now = warren__mono_ms();
-        /* Settle when the window is full, and often when paced so that the
-         * DLQ shrinks while an operator watches. */
-        if (q->n_tags >= (size_t)window ||
-            (ops->rate_per_s > 0 && q->n_tags > 0 && now - last_settle > 200)) {
-            rc = settle(q, ops, st);
-            last_settle = now;
+        if (q->n_slots >= window || q->n_tags >= window ||
+            (ops->rate_per_s > 0 && q->n_slots + q->n_tags > 0 &&
+             now - last_flush >= PACED_FLUSH_MS)) {
+            rc = flush(q, ops, st);
+            last_flush = now;
             if (rc != 0) {
                 break;
             }
@@ -393,16 +521,23 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
                 &(warren__log_fields){"dlq_read", q->name, NULL, NULL, -1,
                                       warren__mono_ms() - start},
                 "read %llu dead letters", (unsigned long long)st->scanned);
-    /* Settle what is in flight even after an error: a confirmed copy must
-     * not leave its DLQ copy behind if it can be helped. */
+    /* Settle what is in flight even after an error or a stop: a confirmed
+     * copy must not leave its DLQ copy behind if it can be helped. What
+     * was selected but not published yet is given back unless the scan
+     * ended normally. */
+    if (rc != 0 || (ops->stop && *ops->stop)) {
+        q->held += q->n_slots;
+        q->n_slots = 0;
+    }
     if (!warren__session_broken(q->sess)) {
-        int src = settle(q, ops, st);
+        int src = flush(q, ops, st);
         rc = rc ? rc : src;
         int rrc = release_all(q);
         rc = rc ? rc : rrc;
     } else {
         st->failed += q->n_published;
         q->n_tags = q->n_published = 0;
+        q->n_slots = 0;
     }
     if (ops->stop && *ops->stop) {
         st->interrupted = 1;
@@ -411,7 +546,6 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
                 &(warren__log_fields){"dlq_released", q->name, NULL, NULL, -1,
                                       warren__mono_ms() - start},
                 "settled and released");
-    warren__delivery_free(&d);
     return rc;
 }
 
@@ -419,7 +553,7 @@ int warren__dlq_publish(warren__dlq *q, const char *queue,
                         const amqp_basic_properties_t *p, const void *body,
                         size_t len) {
     int rc = warren__session_publish(q->sess, "", queue, p, body, len, NULL);
-    if (rc == 0 && ++q->n_unconfirmed >= DEFAULT_WINDOW) {
+    if (rc == 0 && ++q->n_unconfirmed >= IMPORT_WINDOW) {
         rc = warren__dlq_flush(q);
     }
     if (rc != 0 && q->err[0] == '\0') {

@@ -170,10 +170,15 @@ typedef struct {
     /* Called after every window of acks. May be NULL. */
     void (*progress)(const warren__dlq_stats *st, void *user);
     void *user;
-    const char *to_queue;        /* replay target instead of x-warren-queue */
-    int clean;                   /* replay: drop failure history */
-    double rate_per_s;           /* replay: pace; 0 unlimited */
-    int window;                  /* publishes per confirm wait; 0: 256 */
+    const char *to_queue; /* replay target instead of x-warren-queue */
+    int clean;            /* replay: drop failure history */
+    double rate_per_s;    /* replay: pace; 0 unlimited */
+    int window;           /* publishes per confirm wait; 0: 2048 */
+    /* Unacked deliveries the broker may send ahead; 0: no limit. Only for
+     * a scan that acts on (nearly) everything it reads, like replay --all:
+     * once this many are held unselected, reading stalls. Bounds the
+     * memory of deliveries buffered while confirms are awaited. */
+    uint16_t prefetch;
     volatile sig_atomic_t *stop; /* set: stop selecting, settle, release */
 } warren__dlq_ops;
 

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -228,7 +229,8 @@ static void close_other_fds(void) {
 }
 
 /* Runs in the forked child: async-signal-safe calls only. */
-static void child(const exec_handler *x, char **env, int in_fd, int err_fd) {
+static void child(const exec_handler *x, char **env, int in_fd, int err_fd,
+                  pid_t parent) {
     struct sigaction dfl;
     sigset_t none;
     memset(&dfl, 0, sizeof dfl);
@@ -243,6 +245,13 @@ static void child(const exec_handler *x, char **env, int in_fd, int err_fd) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     setpgid(0, 0);
+    /* A worker that is SIGKILLed (crash, deadline) takes its handler with
+     * it, rather than leaving an orphan that still applies its effect for
+     * a message the broker is about to redeliver. The check after it
+     * covers a parent that died before the call. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) {
+        _exit(127);
+    }
     if (dup2(in_fd, 0) < 0 || dup2(2, 1) < 0 || dup2(err_fd, 2) < 0) {
         _exit(127);
     }
@@ -586,9 +595,10 @@ static warren_result exec_call(const warren_msg *msg, warren_ctx *ctx,
     had_sigpipe = sigismember(&pending, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
 
+    pid_t self = getpid();
     st.pid = fork();
     if (st.pid == 0) {
-        child(x, env, in_pipe[0], err_pipe[1]);
+        child(x, env, in_pipe[0], err_pipe[1], self);
     }
     int fork_errno = errno;
     free(env);

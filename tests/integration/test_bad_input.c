@@ -580,19 +580,9 @@ test_headers_near_frame_max_dead_letter_copy_goes_out_once(void **state) {
     const amqp_field_value_t *err = itest_msg_header(&m, "x-warren-error");
     int empty = err != NULL && err->value.bytes.len == 0;
     itest_msg_free(&m);
-    if (empty) {
-        /* Take the copy out so the final count stays right, then say why
-         * the rest of this row cannot pass yet. */
-        assert_int_equal(itest_get(g.conn, g.dlq[QP], &m, 0), 1);
-        itest_msg_free(&m);
-        assert_int_equal(itest_queue_depth(g.conn, g.dlq[QP]), 0);
-        print_message("BUG worker.c error_budget(): a flat 4096-byte reserve "
-                      "leaves no room, so the DLQ copy of a message whose "
-                      "headers nearly fill frame_max has an empty "
-                      "x-warren-error; fix: count the copy's header frame "
-                      "exactly (diff in the bad-input report)\n");
-        skip();
-    }
+    /* Was empty while the copy's header frame was estimated with a flat
+     * 4,096-byte reserve (fixed: counted exactly). */
+    assert_false(empty);
     expect_dead_letter(QP, "no message_id property", 10);
 }
 
@@ -602,17 +592,8 @@ test_headers_near_frame_max_dead_letter_copy_goes_out_once(void **state) {
 static void
 test_headers_leaving_no_room_for_dlq_headers_dead_letter_once(void **state) {
     (void)state;
-    /* Unconditional: today the copy never fits, the connection fails, the
-     * original comes back and blocks the queue, so the rows after it would
-     * fail too. Measured: nothing reached the DLQ within 60 s and four
-     * messages stayed in the work queue. */
-    print_message("BUG worker.c publish_dead(): a copy whose original "
-                  "headers plus warren's exceed frame_max cannot be "
-                  "published; the original is requeued and redelivered "
-                  "forever (head-of-line blocking). Remove this skip once "
-                  "publish_dead() drops the original headers when they do "
-                  "not fit\n");
-    skip();
+    /* This used to requeue the original forever (a copy that could never
+     * be published); publish_dead() now drops the original headers. */
     size_t pad_len = FRAME_MAX - 160;
     char *pad = malloc(pad_len + 1);
     assert_non_null(pad);
@@ -678,15 +659,6 @@ static void test_50mib_body_is_handled_with_bounded_worker_rss(void **state) {
                   "body (cap %ld KiB)\n",
                   g.worker_pid[QH], before, after, HUGE_BODY >> 20, cap);
     assert_true(after > 0);
-    if (after > cap) {
-        /* Measured ~107 MB for a 50 MiB body: twice the body. */
-        print_message("BUG session.c read_content(): every body frame stays "
-                      "in rabbitmq-c's channel pool until the whole body is "
-                      "read, so peak RSS is about twice the body; fix: "
-                      "amqp_maybe_release_buffers_on_channel() after each "
-                      "fragment is copied\n");
-        skip();
-    }
     assert_true(after <= cap);
 }
 

@@ -948,6 +948,33 @@ test_claim_and_commit_makes_outcomes_and_claims_durable(void **state) {
     assert_state(f, "m3", "processing");
 }
 
+/* Group commit across batches: an id of batch N+1 that batch N has just
+ * finished (uncommitted, same transaction) is a duplicate, and a handler's
+ * inbox write (savepoint) commits with that outcome, exactly once. */
+static void
+test_claim_and_commit_sees_previous_batch_outcome_as_duplicate(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1(f->a, Q, "m1", 5, T0, &c), 0);
+    sqlite3 *db = warren__store_db(f->a);
+    assert_int_equal(warren__store_savepoint(f->a), 0);
+    assert_int_equal(sqlite3_exec(db,
+                                  "CREATE TABLE IF NOT EXISTS effects(id TEXT);"
+                                  "INSERT INTO effects VALUES('m1')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(warren__store_savepoint_release(f->a), 0);
+    assert_int_equal(
+        warren__store_record(f->a, Q, "m1", WARREN__OUT_DONE, NULL, T0 + 1), 0);
+    c = (warren__claim){.queue = Q, .id = "m1"};
+    assert_int_equal(warren__store_claim_and_commit(f->a, &c, 1, 5, T0 + 1), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_DUPLICATE);
+    assert_false(warren__store_in_txn(f->a));
+    assert_state(f, "m1", "done");
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM effects"), 1);
+}
+
 static void
 test_claim_and_commit_failure_rolls_back_outcomes_too(void **state) {
     fixture *f = *state;
@@ -1034,6 +1061,32 @@ static void test_forget_dead_releases_dead_and_keeps_done(void **state) {
     assert_state(f, "done1", "done");
     assert_int_equal(warren__store_forget_dead(f->a, Q, "none", T0 + 2),
                      WARREN_ERR_NOT_FOUND);
+}
+
+static void test_forget_dead_many_releases_only_dead_in_one_txn(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "dead1", WARREN__OUT_DEAD, "x", T0 + 1), 0);
+    assert_int_equal(claim1(f->a, Q, "done1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "done1", WARREN__OUT_DONE, NULL, T0 + 1), 0);
+    assert_int_equal(claim1(f->a, Q, "busy1", 5, T0, &c), 0); /* live lease */
+    const char *queues[] = {Q, Q, Q, Q};
+    const char *ids[] = {"dead1", "done1", "busy1", "none"};
+    int results[4] = {-99, -99, -99, -99};
+    assert_int_equal(
+        warren__store_forget_dead_many(f->a, queues, ids, 4, T0 + 2, results),
+        0);
+    assert_int_equal(results[0], 0);
+    assert_int_equal(results[1], WARREN_ERR_NOT_FOUND);
+    assert_int_equal(results[2], WARREN_ERR_NOT_FOUND); /* not dead */
+    assert_int_equal(results[3], WARREN_ERR_NOT_FOUND);
+    /* Only the dead one may run again; the others are untouched. */
+    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0 + 3, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_state(f, "done1", "done");
+    assert_state(f, "busy1", "processing");
 }
 
 static void test_forget_lets_an_id_run_again(void **state) {
@@ -1135,10 +1188,12 @@ int main(void) {
         T(test_claim_inside_open_transaction_is_refused),
         T(test_claim_and_commit_makes_outcomes_and_claims_durable),
         T(test_claim_and_commit_failure_rolls_back_outcomes_too),
+        T(test_claim_and_commit_sees_previous_batch_outcome_as_duplicate),
         T(test_overlong_id_is_refused),
         T(test_last_error_is_truncated_to_field_at_utf8_boundary),
         T(test_forget_lets_an_id_run_again),
         T(test_forget_dead_releases_dead_and_keeps_done),
+        T(test_forget_dead_many_releases_only_dead_in_one_txn),
         T(test_stats_counts_rows_per_queue_and_state),
         T(test_close_null_is_noop_and_path_is_kept),
     };
