@@ -865,9 +865,17 @@ static int publish_copies(warren_worker *w, int n) {
                     "retry/dead-letter copies not confirmed, originals will "
                     "be redelivered: %s",
                     warren__session_errstr(w->sess));
+        /* Every item that needed a copy goes back: those published (their
+         * copies unconfirmed) and those after the failure, never sent. An
+         * outcome recorded for one of the latter (dead, retrying) would make
+         * its redelivery a duplicate with no copy anywhere: lost. */
         for (int i = 0; i < n; i++) {
-            if (w->items[i].published) {
-                w->items[i].fate = FATE_REQUEUE;
+            item *it = &w->items[i];
+            int needs_copy = it->fate == FATE_DEAD ||
+                             (republish && (it->fate == FATE_RETRY ||
+                                            it->fate == FATE_DEFER));
+            if (it->published || needs_copy) {
+                it->fate = FATE_REQUEUE;
             }
         }
     }

@@ -24,30 +24,7 @@ if ! command -v valgrind >/dev/null; then
     echo "FAIL - valgrind is not installed (scripts/test installs it)"
     exit 1
 fi
-warren=$WARREN_BUILD_DIR/bin/warren
-scale=${WARREN_TEST_TIMEOUT_SCALE:-1}
-unset WARREN_URL
-
-passed=0
-failed=0
-ok() {
-    passed=$((passed + 1))
-    echo "ok   - $*"
-}
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL - $*"
-}
-
-# wait_until SECONDS COMMAND...: polls every 0.2 s; the deadline is scaled.
-wait_until() {
-    local deadline=$((SECONDS + $1 * scale))
-    shift
-    until "$@"; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.2
-    done
-}
+. "$WARREN_SOURCE_DIR/tests/integration/support/testlib.sh"
 
 tmp=$(mktemp -d /tmp/warren-vg.XXXXXX)
 q1=warren-vg-retry-$$

@@ -18,39 +18,7 @@ for v in WARREN_TEST_URL WARREN_BUILD_DIR WARREN_SOURCE_DIR WARREN_BROKER_NAME; 
         exit 1
     fi
 done
-warren=$WARREN_BUILD_DIR/bin/warren
-broker=$WARREN_SOURCE_DIR/scripts/broker
-scale=${WARREN_TEST_TIMEOUT_SCALE:-1}
-# The broker's state directory, as scripts/broker finds it.
-export WARREN_BROKER_DIR=${WARREN_BROKER_DIR:-$WARREN_SOURCE_DIR/build/broker}
-unset WARREN_URL
-
-passed=0
-failed=0
-ok() {
-    passed=$((passed + 1))
-    echo "ok   - $*"
-}
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL - $*"
-}
-# check NAME COMMAND...: one assertion.
-check() {
-    local name=$1
-    shift
-    if "$@"; then ok "$name"; else fail "$name"; fi
-}
-
-# wait_until SECONDS COMMAND...: polls every 0.1 s; the deadline is scaled.
-wait_until() {
-    local deadline=$((SECONDS + $1 * scale))
-    shift
-    until "$@"; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.1
-    done
-}
+. "$WARREN_SOURCE_DIR/tests/integration/support/testlib.sh"
 
 tmp=$(mktemp -d /tmp/warren-sec.XXXXXX)
 run_pid=""

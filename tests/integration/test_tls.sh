@@ -15,28 +15,8 @@ for v in WARREN_BUILD_DIR WARREN_SOURCE_DIR; do
         exit 1
     fi
 done
-warren=$WARREN_BUILD_DIR/bin/warren
-broker=$WARREN_SOURCE_DIR/scripts/broker
-scale=${WARREN_TEST_TIMEOUT_SCALE:-1}
-export WARREN_BROKER_DIR=${WARREN_BROKER_DIR:-$WARREN_SOURCE_DIR/build/broker}
+. "$WARREN_SOURCE_DIR/tests/integration/support/testlib.sh"
 name=${WARREN_BROKER_NAME:-default}-tls
-unset WARREN_URL
-
-passed=0
-failed=0
-ok() {
-    passed=$((passed + 1))
-    echo "ok   - $*"
-}
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL - $*"
-}
-check() {
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else fail "$what"; fi
-}
 
 tmp=$(mktemp -d /tmp/warren-tls.XXXXXX)
 started=0
