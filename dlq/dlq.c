@@ -406,12 +406,13 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
         return 0;
     }
     if (q->cap_slots < window + 1) {
-        slot **s = realloc(q->slots, (window + 1) * sizeof *s);
+        slot **s = realloc(q->slots, (window + 1) * sizeof(slot *));
         if (s == NULL) {
             set_err(q, "out of memory for a window of %zu", window);
             return WARREN_ERR_NOMEM;
         }
-        memset(s + q->cap_slots, 0, (window + 1 - q->cap_slots) * sizeof *s);
+        memset(s + q->cap_slots, 0,
+               (window + 1 - q->cap_slots) * sizeof(slot *));
         q->slots = s;
         q->cap_slots = window + 1;
     }
