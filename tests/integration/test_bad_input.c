@@ -539,10 +539,11 @@ static void test_attempt_header_2_pow_64_minus_1_is_ignored(void **state) {
     run_attempt_row("att-u64max", &v);
 }
 
-/* One string header that brings the content header frame within 512 bytes
- * of frame_max. */
-static void publish_near_frame_max(const char *id, const char *body) {
-    size_t pad_len = FRAME_MAX - 512;
+/* One string header that brings the content header frame within `margin`
+ * bytes of frame_max. */
+static void publish_near_frame_max(const char *id, const char *body,
+                                   size_t margin) {
+    size_t pad_len = FRAME_MAX - margin;
     char *pad = malloc(pad_len + 1);
     assert_non_null(pad);
     memset(pad, 'h', pad_len);
@@ -558,7 +559,7 @@ static void publish_near_frame_max(const char *id, const char *body) {
 
 static void test_headers_near_frame_max_are_handled_once(void **state) {
     (void)state;
-    publish_near_frame_max("big-headers", "hdrs");
+    publish_near_frame_max("big-headers", "hdrs", 512);
     effects_query e = wait_runs(QP, "big-headers", 1);
     assert_int_equal(e.bytes, 4);
     assert_still_consuming(QP, 1);
@@ -571,7 +572,7 @@ static void test_headers_near_frame_max_are_handled_once(void **state) {
 static void
 test_headers_near_frame_max_dead_letter_copy_goes_out_once(void **state) {
     (void)state;
-    publish_near_frame_max(NULL, "hdrs-no-id");
+    publish_near_frame_max(NULL, "hdrs-no-id", 512);
     assert_still_consuming(QP, 0);
     depth_arg a = {g.dlq[QP], 1};
     itest_msg m;
@@ -594,18 +595,7 @@ test_headers_leaving_no_room_for_dlq_headers_dead_letter_once(void **state) {
     (void)state;
     /* This used to requeue the original forever (a copy that could never
      * be published); publish_dead() now drops the original headers. */
-    size_t pad_len = FRAME_MAX - 160;
-    char *pad = malloc(pad_len + 1);
-    assert_non_null(pad);
-    memset(pad, 'h', pad_len);
-    pad[pad_len] = '\0';
-    amqp_table_entry_t e = {.key = amqp_cstring_bytes("pad")};
-    amqp_table_t t = {1, &e};
-    e.value.kind = AMQP_FIELD_KIND_UTF8;
-    e.value.value.bytes.len = pad_len;
-    e.value.value.bytes.bytes = pad;
-    itest_publish_headers(g.conn, "", g.q[QP], NULL, "full", 4, &t);
-    free(pad);
+    publish_near_frame_max(NULL, "full", 160);
     assert_still_consuming(QP, 0);
     expect_dead_letter(QP, "no message_id property", 4);
 }
