@@ -874,6 +874,7 @@ static void consumer_defaults(warren__consumer_cfg *c) {
     c->on_missing_id = WARREN__MISSING_DEAD;
     c->dedup = true;
     c->max_deliveries = -1; /* computed from max_attempts */
+    c->delivery_limit = -1; /* computed from max_deliveries */
     c->retry.max_attempts = 5;
     c->retry.mode = WARREN__RETRY_REPUBLISH;
     c->retry.backoff.kind = WARREN__BACKOFF_EXPONENTIAL;
@@ -892,24 +893,40 @@ static void consumer_defaults(warren__consumer_cfg *c) {
     c->rate_limit_per_s = 0;
 }
 
+/* A quorum queue's x-delivery-limit. Before RabbitMQ 4.3 every return
+ * counts against it: warren's own requeues (a breaker pause closing the
+ * connection, a busy store, a stop or reload) as well as crashes. So the
+ * default leaves room for WARREN__REQUEUE_ALLOWANCE of those on top of
+ * warren's own poison cap, and an explicit value must stay above that cap,
+ * or the broker would drop a crashing message before warren can count it
+ * and dead-letter it with its reason. */
+static void parse_delivery_limit(parser *p, const cJSON *o, const char *base,
+                                 warren__consumer_cfg *c) {
+    char field[FIELD_MAX];
+    const cJSON *v = item(o, "delivery_limit");
+    get_i(p, o, base, "delivery_limit", 2, 1000000, &c->delivery_limit);
+    if (p->rc != 0) {
+        return;
+    }
+    if (v == NULL) {
+        c->delivery_limit = c->max_deliveries + 2 + WARREN__REQUEUE_ALLOWANCE;
+    } else if (c->delivery_limit <= c->max_deliveries + 1) {
+        sub(field, sizeof field, base, "delivery_limit");
+        fail_got(p, field, v,
+                 "a number above max_deliveries + 1 (so the broker's limit "
+                 "never fires before warren's own poison cap)");
+    }
+}
+
 static void parse_consumer(parser *p, const cJSON *o, int idx,
                            warren__consumer_cfg *c) {
-    static const char *const keys[] = {"queue",
-                                       "handler",
-                                       "queue_type",
-                                       "prefetch",
-                                       "workers",
-                                       "batch_max",
-                                       "message_id",
-                                       "on_missing_id",
-                                       "dedup",
-                                       "max_deliveries",
-                                       "retry",
-                                       "dead_letter",
-                                       "max_message_bytes",
-                                       "timeout_s",
-                                       "breaker",
-                                       "rate_limit_per_s"};
+    static const char *const keys[] = {
+        "queue",          "handler",           "queue_type",
+        "prefetch",       "workers",           "batch_max",
+        "message_id",     "on_missing_id",     "dedup",
+        "max_deliveries", "delivery_limit",    "retry",
+        "dead_letter",    "max_message_bytes", "timeout_s",
+        "breaker",        "rate_limit_per_s"};
     static const char *const qtypes[] = {"classic", "quorum"};
     static const char *const missing[] = {"dead", "hash", "process"};
     char base[32], field[FIELD_MAX];
@@ -982,6 +999,7 @@ static void parse_consumer(parser *p, const cJSON *o, int idx,
     if (c->max_deliveries < 0) {
         c->max_deliveries = c->retry.max_attempts + 2;
     }
+    parse_delivery_limit(p, o, base, c);
 
     const cJSON *dl = get_obj(p, o, base, "dead_letter");
     if (dl != NULL) {

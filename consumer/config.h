@@ -15,6 +15,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* Returns that warren itself may cause a message on a quorum queue (breaker
+ * pauses, busy-store hand-backs, stops and reloads) on top of its poison
+ * cap, in the default x-delivery-limit (config.c parse_delivery_limit()). */
+#define WARREN__REQUEUE_ALLOWANCE 1000
+
 typedef enum {
     WARREN__QUEUE_CLASSIC = 0,
     WARREN__QUEUE_QUORUM = 1
@@ -81,6 +86,9 @@ typedef struct {
     char *id_arg; /* header name or JSON path; NULL otherwise */
     warren__missing_id on_missing_id;
     int max_deliveries; /* poison threshold; default max_attempts + 2 */
+    /* x-delivery-limit of a quorum queue; default max_deliveries + 2 +
+     * WARREN__REQUEUE_ALLOWANCE */
+    int delivery_limit;
     warren__retry_cfg retry;
     char *dlq_queue;            /* default "<queue>.dlq" */
     uint64_t max_message_bytes; /* default 16 MiB */

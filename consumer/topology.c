@@ -185,6 +185,14 @@ int warren__topology_plan(const warren__consumer_cfg *c, warren__topo_op *ops,
     if (quorum) {
         arg_str(&p, q, "x-queue-type", "quorum");
     }
+    if (quorum) {
+        /* Always explicit: RabbitMQ 4.0 defaults it to 20. It is the
+         * broker's backstop for a message that kills every worker before
+         * warren's own poison cap can record it, set high enough above
+         * that cap that warren's own requeues never reach it
+         * (config.c parse_delivery_limit()). */
+        arg_int(&p, q, "x-delivery-limit", (int64_t)c->delivery_limit);
+    }
     if (nack) {
         arg_str(&p, q, "x-dead-letter-exchange", "");
         arg_str(&p, q, "x-dead-letter-routing-key", retryq);
@@ -193,9 +201,6 @@ int warren__topology_plan(const warren__consumer_cfg *c, warren__topo_op *ops,
             arg_str(&p, q, "x-overflow", "reject-publish");
         }
     } else if (quorum) {
-        /* The broker's backstop for a message that kills every worker
-         * before warren's own poison cap can record it. */
-        arg_int(&p, q, "x-delivery-limit", (int64_t)c->max_deliveries + 2);
         arg_str(&p, q, "x-dead-letter-exchange", "");
         arg_str(&p, q, "x-dead-letter-routing-key", dlq);
         arg_str(&p, q, "x-dead-letter-strategy", "at-least-once");

@@ -35,7 +35,10 @@ typedef struct {
     amqp_connection_state_t conn;
 } fx;
 
-static void fx_setup(fx *f, const char *name, const char *consumer_fmt) {
+/* declare: 1 to declare the queue as a classic one before warren does,
+ * 0 to leave it to warren (a quorum queue, with warren's arguments). */
+static void fx_setup_q(fx *f, const char *name, const char *consumer_fmt,
+                       int declare) {
     char text[4096], consumer[2048];
     f->dir = itest_tmpdir();
     snprintf(f->queue, sizeof f->queue, "it.breaker.%s.%d", name,
@@ -58,8 +61,14 @@ static void fx_setup(fx *f, const char *name, const char *consumer_fmt) {
     setenv("EFFECTS_FILE", f->effects, 1);
     setenv("FLAG_FILE", f->flag, 1);
     f->conn = itest_connect();
-    itest_queue_declare(f->conn, f->queue);
+    if (declare) {
+        itest_queue_declare(f->conn, f->queue);
+    }
     f->pid = 0;
+}
+
+static void fx_setup(fx *f, const char *name, const char *consumer_fmt) {
+    fx_setup_q(f, name, consumer_fmt, 1);
 }
 
 static void fx_start(fx *f) {
@@ -250,6 +259,64 @@ static void test_breaker_opens_holds_queue_then_closes_and_drains(void **st) {
     fx_teardown(&f);
 }
 
+static int consuming(void *arg) {
+    const fx *f = arg;
+    return count_lines_with(f->log, "\"event\":\"consuming\"", NULL) > 0;
+}
+
+/* Issue 18 item 8. Before RabbitMQ 4.3 a quorum queue counts every return
+ * against its x-delivery-limit: each breaker pause (the connection closed,
+ * the prefetched messages back in the queue) is one more delivery of the
+ * same head-of-queue messages. With the limit two above the poison cap
+ * (max_deliveries 3: 5), six pauses were enough for the broker to
+ * dead-letter healthy messages with no reason and no store record. */
+static void
+test_breaker_pauses_on_quorum_queue_stay_below_delivery_limit(void **st) {
+    (void)st;
+    fx f;
+    const int n = 100;
+    fx_setup_q(&f, "quorum",
+               "{\"queue\": \"%s\", \"handler\": \"exec:%s\","
+               " \"queue_type\": \"quorum\", \"prefetch\": 20,"
+               " \"max_deliveries\": 3,"
+               " \"breaker\": {\"consecutive_failures\": 5, \"open_s\": 1,"
+               " \"half_open_max\": 1},"
+               " \"retry\": {\"max_attempts\": 50, \"jitter\": 0,"
+               " \"backoff\": {\"kind\": \"fixed\", \"delay_ms\": 100}}}",
+               0);
+    itest_write_file(f.flag, "down\n");
+    fx_start(&f);
+    if (!itest_wait_until(consuming, &f, 30)) {
+        dump_log(&f);
+        fail_msg("warren never started consuming");
+    }
+    itest_publish_n(f.conn, "", f.queue, "q", n, NULL, 0);
+    logged_arg opened = {&f, "open", 8};
+    if (!itest_wait_until(breaker_reached, &opened, 60)) {
+        dump_log(&f);
+        fail_msg("the breaker opened only %ld times",
+                 breaker_logged(&f, "open"));
+    }
+    assert_int_equal(unlink(f.flag), 0);
+    lines_arg all = {f.effects, n};
+    if (!itest_wait_until(has_lines, &all, 60)) {
+        dump_log(&f);
+        char dlq[192];
+        snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
+        fail_msg("queue not drained: %ld of %d handled, %ld in the DLQ",
+                 itest_count_lines(f.effects), n,
+                 itest_queue_depth(f.conn, dlq));
+    }
+    fx_stop(&f);
+    assert_int_equal(itest_count_lines(f.effects), n);
+    assert_int_equal(distinct_lines(f.effects), n);
+    char dlq[192];
+    snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
+    assert_int_equal(itest_queue_depth(f.conn, dlq), 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.queue), 0);
+    fx_teardown(&f);
+}
+
 /* ms since the epoch of a log line's "ts":"YYYY-MM-DDTHH:MM:SS.mmmZ". */
 static int64_t line_ts_ms(const char *line) {
     const char *p = strstr(line, "\"ts\":\"");
@@ -347,6 +414,8 @@ static void test_rate_limit_is_shared_by_two_workers(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_breaker_opens_holds_queue_then_closes_and_drains),
+        cmocka_unit_test(
+            test_breaker_pauses_on_quorum_queue_stay_below_delivery_limit),
         cmocka_unit_test(test_rate_limit_200_per_s_takes_10_s_for_2000),
         cmocka_unit_test(test_rate_limit_is_shared_by_two_workers),
     };

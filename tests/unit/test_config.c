@@ -602,6 +602,29 @@ static void test_mutated_inputs_never_crash(void **state) {
     assert_true(ok > 0);
 }
 
+/* Issue 18 item 8: before RabbitMQ 4.3 every return (warren's own requeues
+ * included) counts against a quorum queue's x-delivery-limit, so the
+ * default leaves room for them above the poison cap, and a value at or
+ * below the cap is refused. */
+static void test_delivery_limit_defaults_above_poison_cap(void **state) {
+    (void)state;
+    warren_config *cfg = parse_ok(with_consumer("\"max_deliveries\":3"));
+    assert_int_equal(cfg->consumers[0].delivery_limit,
+                     3 + 2 + WARREN__REQUEUE_ALLOWANCE);
+    warren_config_free(cfg);
+    cfg = parse_ok(with_consumer("\"max_deliveries\":3,"
+                                 "\"delivery_limit\":50"));
+    assert_int_equal(cfg->consumers[0].delivery_limit, 50);
+    warren_config_free(cfg);
+    assert_non_null(
+        strstr(parse_err(with_consumer("\"max_deliveries\":3,"
+                                       "\"delivery_limit\":4")),
+               "t.json: consumers[0].delivery_limit: expected a number above "
+               "max_deliveries + 1"));
+    assert_non_null(strstr(parse_err(with_consumer("\"delivery_limit\":\"x\"")),
+                           "consumers[0].delivery_limit"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_issue_example_parses_with_every_default),
@@ -626,6 +649,7 @@ int main(void) {
         cmocka_unit_test(test_error_message_stays_one_line_and_bounded),
         cmocka_unit_test(test_readable_config_with_password_logs_warning),
         cmocka_unit_test(test_mutated_inputs_never_crash),
+        cmocka_unit_test(test_delivery_limit_defaults_above_poison_cap),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -26,6 +26,7 @@ static int setup(void **state) {
     cfg.queue = "orders";
     cfg.dlq_queue = "orders.dlq";
     cfg.max_deliveries = 7;
+    cfg.delivery_limit = 1009;
     cfg.retry.max_attempts = 5;
     cfg.retry.mode = WARREN__RETRY_REPUBLISH;
     cfg.retry.backoff.kind = WARREN__BACKOFF_FIXED;
@@ -258,7 +259,7 @@ static void test_quorum_uses_quorum_cascade_and_backstop(void **state) {
     assert_arg_str(l, "x-overflow", "reject-publish");
     const warren__topo_op *q = find(n, WARREN__OP_QUEUE, "orders", NULL);
     assert_arg_str(q, "x-queue-type", "quorum");
-    assert_arg_int(q, "x-delivery-limit", 9);
+    assert_arg_int(q, "x-delivery-limit", 1009);
     assert_arg_str(q, "x-dead-letter-exchange", "");
     assert_arg_str(q, "x-dead-letter-routing-key", "orders.dlq");
     assert_arg_str(q, "x-dead-letter-strategy", "at-least-once");
@@ -268,6 +269,19 @@ static void test_quorum_uses_quorum_cascade_and_backstop(void **state) {
     assert_arg_str(d, "x-queue-type", "quorum");
     assert_non_null(
         find(n, WARREN__OP_BIND_QUEUE, "orders", "warren.qdelivery"));
+}
+
+/* RabbitMQ 4.0 gives a quorum queue a delivery limit of 20 when none is
+ * set: nack mode sets its own too (issue 18 item 8). */
+static void test_quorum_nack_mode_sets_delivery_limit_explicitly(void **state) {
+    (void)state;
+    cfg.queue_type = WARREN__QUEUE_QUORUM;
+    cfg.retry.mode = WARREN__RETRY_NACK;
+    int n = warren__topology_plan(&cfg, ops, WARREN__TOPO_MAX_OPS);
+    assert_true(n > 0);
+    const warren__topo_op *q = find(n, WARREN__OP_QUEUE, "orders", NULL);
+    assert_arg_int(q, "x-delivery-limit", 1009);
+    assert_arg_str(q, "x-dead-letter-routing-key", "orders.retry");
 }
 
 static void test_every_object_exists_before_it_is_bound(void **state) {
@@ -403,6 +417,8 @@ static void test_dlq_name_defaults_to_queue_dot_dlq(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(
+            test_quorum_nack_mode_sets_delivery_limit_explicitly, setup),
         cmocka_unit_test_setup(
             test_cascade_levels_have_ttl_and_dead_letter_to_next, setup),
         cmocka_unit_test_setup(test_cascade_binding_keys_select_one_bit, setup),
