@@ -69,6 +69,12 @@ typedef struct {
     /* in */
     const char *queue;
     const char *id; /* NUL-terminated, valid UTF-8, <= WARREN__ID_MAX */
+    /* Republish mode: the delivery's x-warren-attempt (1 without one). A
+     * `retrying` record is taken only by the copy of attempt `attempts + 1`;
+     * any other delivery of it is stale (its copy is in the cascade) and
+     * gets WARREN__CLAIM_DUPLICATE. 0 (nack mode, where the original is the
+     * retry): any delivery takes it. */
+    int copy_attempt;
     /* out */
     warren__claim_status status;
     int attempt;                /* attempt number of this delivery (>= 1) */

@@ -589,6 +589,9 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         memset(cl, 0, sizeof *cl);
         cl->queue = w->c->queue;
         cl->id = it->id;
+        if (w->c->retry.mode == WARREN__RETRY_REPUBLISH) {
+            cl->copy_attempt = it->attempt;
+        }
         it->claim = (*n_claims)++;
     }
     return 0;

@@ -320,6 +320,56 @@ test_nack_mode_without_store_dead_letters_after_max_age(void **state) {
     fx_teardown(&f);
 }
 
+/* Issue 18: batch 1's handler fails, its retry copy is confirmed and the
+ * `retrying` outcome committed, and the worker dies before the coalesced
+ * ack (failpoint commit.after). The original comes back at once; it must
+ * not run as attempt 2 while the copy that is attempt 2 waits its delay in
+ * the cascade (a second chain). */
+static void test_original_after_lost_ack_does_not_start_second_chain(void **s) {
+    (void)s;
+    fx f;
+    char fpdir[600];
+    fx_setup(&f, "twochains",
+             "{\"queue\": \"%s\", \"handler\": \"exec:%s\", \"retry\": "
+             "{\"max_attempts\": 3, \"jitter\": 0, \"backoff\": {\"kind\": "
+             "\"fixed\", \"delay_ms\": 1500}}}");
+    snprintf(fpdir, sizeof fpdir, "%s/fp", f.dir);
+    assert_int_equal(mkdir(fpdir, 0700), 0);
+    itest_queue_declare(f.conn, f.q1);
+    setenv("WARREN_FAILPOINT", "commit.after:1:1", 1);
+    setenv("WARREN_FAILPOINT_DIR", fpdir, 1);
+    fx_start(&f);
+    unsetenv("WARREN_FAILPOINT");
+    unsetenv("WARREN_FAILPOINT_DIR");
+    itest_publish(f.conn, "", f.q1, "tc-1", "{}", 2);
+    dead_arg da = {&f, f.dlq1, 3};
+    if (!itest_wait_until(dead_or_too_many_runs, &da, 60)) {
+        dump_log(&f);
+        fail_msg("never dead-lettered");
+    }
+    quiet_arg qa = {&f, f.q1};
+    assert_true(itest_wait_until(all_quiet, &qa, 30));
+    fx_stop(&f);
+    /* The crash happened, once, where it was asked for. */
+    assert_int_equal(count_matching(f.log, "failpoint commit.after hit"), 1);
+    long long t[3];
+    int seen[3];
+    int n = runs_of(f.runs, "tc-1", t, seen, 3);
+    if (n != 3 || seen[0] != 1 || seen[1] != 1 || seen[2] != 1 ||
+        t[1] - t[0] < 1500 || t[2] - t[1] < 1500) {
+        dump_log(&f);
+        fail_msg("%d runs; attempt 2 ran %lld ms after attempt 1 (delay "
+                 "1500 ms): the redelivered original started a second chain",
+                 n, n >= 2 ? t[1] - t[0] : -1);
+    }
+    assert_int_equal(itest_count_lines(f.effects), -1);
+    take_dead_letter(&f, f.dlq1, "tc-1", 3, "gave up after 3 attempts");
+    /* The stale original was settled as a duplicate, and said why. */
+    assert_true(count_matching(f.log, "\"outcome\":\"duplicate\"") >= 1);
+    assert_int_equal(count_matching(f.log, "stale_delivery"), 1);
+    fx_teardown(&f);
+}
+
 /* Issue 18: x-warren-attempt and x-warren-first-failed-at are warren's own
  * bookkeeping, trusted only on a copy that came back through its delay
  * cascade. A producer's values (here: attempt 5 of 5, first failed in
@@ -384,6 +434,8 @@ int main(void) {
             test_nack_mode_without_store_dead_letters_after_max_attempts),
         cmocka_unit_test(
             test_nack_mode_without_store_dead_letters_after_max_age),
+        cmocka_unit_test(
+            test_original_after_lost_ack_does_not_start_second_chain),
         cmocka_unit_test(test_producer_attempt_headers_are_ignored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
