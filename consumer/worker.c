@@ -529,7 +529,8 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         it->claim = -1;
         m->queue = w->c->queue;
         it->attempt = 1;
-        if (strncmp(d->exchange, "warren.", 7) == 0) {
+        int from_cascade = strncmp(d->exchange, "warren.", 7) == 0;
+        if (from_cascade) {
             /* warren's own headers are trusted only on a copy back from
              * its cascade: a producer's would skip attempts or age. */
             restore_route(d);
@@ -589,7 +590,10 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         memset(cl, 0, sizeof *cl);
         cl->queue = w->c->queue;
         cl->id = it->id;
-        if (w->c->retry.mode == WARREN__RETRY_REPUBLISH) {
+        if (w->c->retry.mode == WARREN__RETRY_REPUBLISH &&
+            (from_cascade || m->redelivered)) {
+            /* A copy, or a delivery seen before (the original after a lost
+             * ack): the store tells it from the next attempt's copy. */
             cl->copy_attempt = it->attempt;
         }
         it->claim = (*n_claims)++;

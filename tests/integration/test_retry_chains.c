@@ -4,17 +4,20 @@
  * id may do. Nack mode without a store record counts attempts and age from
  * the broker's x-death; a redelivered original whose retry copy is already
  * in the cascade (its ack lost after the outcome committed) is settled as a
- * duplicate instead of starting a second chain; x-warren-attempt and
+ * duplicate instead of starting a second chain, while a first delivery from
+ * outside the cascade still runs; x-warren-attempt and
  * x-warren-first-failed-at sent by a producer are ignored. Every scenario
  * checks both counts: nothing lost, no effect doubled.
  */
 #include "itest.h"
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Records "ID ATTEMPT MS" per run; fails with 75 while the attempt is below
@@ -145,6 +148,16 @@ static int runs_of(const char *runs, const char *id, long long *ms, int *seen,
     }
     fclose(fp);
     return n;
+}
+
+typedef struct {
+    const char *path;
+    long want;
+} lines_arg;
+
+static int has_lines(void *arg) {
+    lines_arg *a = arg;
+    return itest_count_lines(a->path) >= a->want;
 }
 
 typedef struct {
@@ -327,6 +340,9 @@ test_nack_mode_without_store_dead_letters_after_max_age(void **state) {
  * the cascade (a second chain). */
 static void test_original_after_lost_ack_does_not_start_second_chain(void **s) {
     (void)s;
+#ifndef WARREN_FAILPOINTS
+    skip(); /* needs the crash point (configure -DWARREN_FAILPOINTS=ON) */
+#endif
     fx f;
     char fpdir[600];
     fx_setup(&f, "twochains",
@@ -367,6 +383,82 @@ static void test_original_after_lost_ack_does_not_start_second_chain(void **s) {
     /* The stale original was settled as a duplicate, and said why. */
     assert_true(count_matching(f.log, "\"outcome\":\"duplicate\"") >= 1);
     assert_int_equal(count_matching(f.log, "stale_delivery"), 1);
+    fx_teardown(&f);
+}
+
+/* Writes a `retrying` record for (queue, id), attempt 1, as a nack-mode
+ * worker leaves it while the message waits in <queue>.retry. */
+static void put_retrying_record(const fx *f, const char *queue,
+                                const char *id) {
+    char path[600];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    snprintf(path, sizeof path, "%s/warren.db", f->dir);
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL),
+                     SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO messages(queue, id, state, attempts,"
+                           " deliveries, first_failed_at, last_error,"
+                           " created_at, updated_at)"
+                           " VALUES(?1, ?2, 'retrying', 1, 1, ?3,"
+                           " 'flaky failure on attempt 1', ?3, ?3)",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (int64_t)ts.tv_sec * 1000);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static int has_effect(void *arg) {
+    fx *f = arg;
+    return itest_count_lines(f->effects) >= 1;
+}
+
+/* The other side of the rule above: a first delivery from outside the
+ * cascade is not taken for a stale one, since no copy of it need be in
+ * the cascade. Here a republish-mode worker finds the `retrying` record a
+ * nack-mode worker left, and the message moved back by hand from the old
+ * <queue>.retry (a fresh publish): it must run as attempt 2, not be acked
+ * as a duplicate and lost. */
+static void test_fresh_delivery_of_retrying_id_runs_not_swallowed(void **s) {
+    (void)s;
+    fx f;
+    fx_setup(&f, "fresh",
+             "{\"queue\": \"%s\", \"handler\": \"exec:%s\", \"retry\": "
+             "{\"max_attempts\": 3, \"jitter\": 0, \"backoff\": {\"kind\": "
+             "\"fixed\", \"delay_ms\": 300}}}");
+    setenv("SUCCEED_AT", "2", 1);
+    itest_queue_declare(f.conn, f.q1);
+    /* A first run creates the store. */
+    fx_start(&f);
+    itest_publish(f.conn, "", f.q1, "warm-1", "{}", 2);
+    quiet_arg qa = {&f, f.q1};
+    assert_true(itest_wait_until(has_effect, &f, 30));
+    assert_true(itest_wait_until(all_quiet, &qa, 30));
+    fx_stop(&f);
+    put_retrying_record(&f, f.q1, "moved-1");
+    fx_start(&f);
+    itest_publish(f.conn, "", f.q1, "moved-1", "{}", 2);
+    lines_arg la = {f.effects, 2};
+    if (!itest_wait_until(has_lines, &la, 30)) {
+        dump_log(&f);
+        fail_msg("the moved message was acked without running: lost");
+    }
+    assert_true(itest_wait_until(all_quiet, &qa, 30));
+    fx_stop(&f);
+    long long t[3];
+    int seen[3];
+    assert_int_equal(runs_of(f.runs, "moved-1", t, seen, 3), 1);
+    assert_int_equal(seen[1], 1); /* as attempt 2 */
+    assert_int_equal(count_matching(f.effects, "moved-1"), 1);
+    assert_int_equal(itest_queue_depth(f.conn, f.dlq1), 0);
     fx_teardown(&f);
 }
 
@@ -436,6 +528,7 @@ int main(void) {
             test_nack_mode_without_store_dead_letters_after_max_age),
         cmocka_unit_test(
             test_original_after_lost_ack_does_not_start_second_chain),
+        cmocka_unit_test(test_fresh_delivery_of_retrying_id_runs_not_swallowed),
         cmocka_unit_test(test_producer_attempt_headers_are_ignored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
