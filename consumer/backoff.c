@@ -87,8 +87,9 @@ uint32_t warren__backoff_delay_ms(const warren__backoff_cfg *b, int attempt,
     } else if (u >= 1.0) {
         u = nextafter(1.0, 0.0);
     }
-    return clamp_round(base * (1.0 - j + 2.0 * j * u),
-                       (double)WARREN__DELAY_MAX_MS);
+    /* The cap applies after jitter too: max_ms is a promise to the
+     * operator, and jitter only spreads delays below it. */
+    return clamp_round(base * (1.0 - j + 2.0 * j * u), cap_ms(b));
 }
 
 /* Per thread, so workers never contend on (or race over) one state. */

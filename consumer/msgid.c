@@ -5,14 +5,14 @@
  * An id is used exactly as found or not at all: an empty id, one longer
  * than WARREN__ID_MAX bytes, or one that is not strict UTF-8 (or contains a
  * NUL) is treated like a missing one, with a reason naming the policy and
- * what was wrong. Never allocates except inside cJSON for "json:" policies,
+ * what was wrong. A "json:" integer id is its digits as sent, never a
+ * rounded double. Never allocates except inside cJSON for "json:" policies,
  * and never fails: every outcome is a verdict.
  */
 #include "msgid.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
-#include <math.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
@@ -211,11 +211,161 @@ static const cJSON *walk(const cJSON *root, const char *path, char *why,
     }
 }
 
+/* The raw text of the value at a path. cJSON keeps neither a string's
+ * length nor a number's digits, so after cJSON has accepted the body (and
+ * found the path) this second, non-recursive pass finds the value's bytes.
+ * It follows cJSON's reading: bytes <= 32 are whitespace, a leading UTF-8
+ * BOM is skipped, keys compare as cJSON decodes them, the first of
+ * duplicate keys wins. */
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (unsigned char)*p <= 32) {
+        p++;
+    }
+    return p;
+}
+
+/* `p` at the opening quote; returns just past the closing one. */
+static const char *skip_string(const char *p, const char *end) {
+    for (p++; p < end && *p != '"'; p++) {
+        if (*p == '\\' && p + 1 < end) {
+            p++;
+        }
+    }
+    return p < end ? p + 1 : end;
+}
+
+static const char *skip_value(const char *p, const char *end) {
+    size_t depth = 0;
+    if (p < end && *p != '"' && *p != '{' && *p != '[') {
+        while (p < end && (unsigned char)*p > 32 && *p != ',' && *p != '}' &&
+               *p != ']') {
+            p++;
+        }
+        return p;
+    }
+    while (p < end) {
+        if (*p == '"') {
+            p = skip_string(p, end);
+        } else {
+            if (*p == '{' || *p == '[') {
+                depth++;
+            } else if ((*p == '}' || *p == ']') && --depth == 0) {
+                return p + 1;
+            }
+            p++;
+        }
+        if (depth == 0) {
+            return p;
+        }
+    }
+    return end;
+}
+
+/* 1 if the JSON string token [k, kend) decodes (as cJSON compares keys,
+ * up to a NUL) to `seg`. */
+static int key_equals(const char *k, const char *kend, const char *seg) {
+    size_t n = (size_t)(kend - k);
+    if (n >= 2 && memchr(k, '\\', n) == NULL && memchr(k, '\0', n) == NULL) {
+        return n - 2 == strlen(seg) && memcmp(k + 1, seg, n - 2) == 0;
+    }
+    cJSON *key = cJSON_ParseWithLength(k, n);
+    int eq = cJSON_IsString(key) && strcmp(key->valuestring, seg) == 0;
+    cJSON_Delete(key);
+    return eq;
+}
+
+static int raw_value(const char *body, size_t blen, const char *path,
+                     const char **raw, size_t *rawlen) {
+    const char *end = body + blen;
+    const char *p = body;
+    if (blen >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) {
+        p += 3;
+    }
+    p = skip_ws(p, end);
+    const char *seg = path;
+    char name[WARREN__ID_MAX + 1];
+    for (;;) {
+        const char *dot = strchr(seg, '.');
+        size_t n = dot ? (size_t)(dot - seg) : strlen(seg);
+        if (n == 0 || n >= sizeof name || p >= end || *p != '{') {
+            return -1;
+        }
+        memcpy(name, seg, n);
+        name[n] = '\0';
+        p = skip_ws(p + 1, end);
+        for (;;) {
+            if (p >= end || *p != '"') {
+                return -1;
+            }
+            const char *k = p;
+            p = skip_string(p, end);
+            int match = key_equals(k, p, name);
+            p = skip_ws(p, end);
+            if (p >= end || *p != ':') {
+                return -1;
+            }
+            p = skip_ws(p + 1, end);
+            const char *vend = skip_value(p, end);
+            if (match) {
+                break;
+            }
+            p = skip_ws(vend, end);
+            if (p >= end || *p != ',') {
+                return -1;
+            }
+            p = skip_ws(p + 1, end);
+        }
+        if (dot == NULL) {
+            *raw = p;
+            *rawlen = (size_t)(skip_value(p, end) - p);
+            return 0;
+        }
+        seg = dot + 1;
+    }
+}
+
+/* 1 if the string token decodes to text containing U+0000. */
+static int raw_string_has_nul(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\0') {
+            return 1;
+        }
+        if (s[i] == '\\' && i + 1 < n) {
+            i++;
+            if (s[i] == 'u' && i + 4 < n && memcmp(s + i + 1, "0000", 4) == 0) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* 1 if the number token is -?(0|[1-9][0-9]*), the one spelling of an
+ * integer; "-0" is refused as a second spelling of 0. */
+static int raw_is_integer(const char *s, size_t n) {
+    size_t i = 0;
+    if (i < n && s[i] == '-') {
+        i++;
+    }
+    if (i >= n || s[i] < '0' || s[i] > '9' || (s[i] == '0' && n != 1)) {
+        return 0;
+    }
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static int from_json(const struct warren_msg *msg, const char *path, char *out,
                      char *why, size_t whylen) {
     size_t blen = 0;
     const char *body = warren_msg_body(msg, &blen);
     char detail[96];
+    const char *raw = NULL;
+    size_t rawlen = 0;
     int ok = 0;
     /* cJSON refuses nesting beyond CJSON_NESTING_LIMIT (1000) instead of
      * recursing on, so a hostile body cannot exhaust the stack here. */
@@ -235,24 +385,35 @@ static int from_json(const struct warren_msg *msg, const char *path, char *out,
     const cJSON *v = walk(root, path, why, whylen);
     if (v == NULL) {
         /* why is set */
+    } else if (raw_value(body, blen, path, &raw, &rawlen) != 0) {
+        /* cJSON found it, so this cannot happen; refuse rather than guess. */
+        snprintf(why, whylen, "JSON path '%s' could not be located", path);
     } else if (cJSON_IsString(v)) {
-        ok = accept_id(v->valuestring, strlen(v->valuestring), out, detail,
-                       sizeof detail);
-        if (!ok) {
-            snprintf(why, whylen, "JSON path '%s' %s", path, detail);
-        }
-    } else if (cJSON_IsNumber(v)) {
-        /* cJSON keeps numbers as doubles: only integers it holds exactly
-         * (|n| <= 2^53) can be turned back into the digits that were sent. */
-        double d = v->valuedouble;
-        if (d != floor(d) || fabs(d) > 9007199254740992.0) {
-            snprintf(why, whylen,
-                     "JSON path '%s' is a number that is not an integer of "
-                     "at most 2^53",
+        if (raw_string_has_nul(raw, rawlen)) {
+            /* valuestring would end at the NUL and name another id. */
+            snprintf(why, whylen, "JSON path '%s' contains a NUL character",
                      path);
         } else {
-            snprintf(out, WARREN__ID_MAX + 1, "%lld", (long long)d);
-            ok = 1;
+            ok = accept_id(v->valuestring, strlen(v->valuestring), out, detail,
+                           sizeof detail);
+            if (!ok) {
+                snprintf(why, whylen, "JSON path '%s' %s", path, detail);
+            }
+        }
+    } else if (cJSON_IsNumber(v)) {
+        /* cJSON keeps numbers as doubles, which merge integers above 2^53:
+         * the id is the integer's digits as sent, and only plain integer
+         * literals have digits that are the number itself. */
+        if (!raw_is_integer(raw, rawlen)) {
+            snprintf(why, whylen,
+                     "JSON path '%s' is a number that is not an integer "
+                     "written in plain digits",
+                     path);
+        } else {
+            ok = accept_id(raw, rawlen, out, detail, sizeof detail);
+            if (!ok) {
+                snprintf(why, whylen, "JSON path '%s' %s", path, detail);
+            }
         }
     } else {
         snprintf(why, whylen,

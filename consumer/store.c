@@ -659,6 +659,19 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
         return 0;
     }
     if (strcmp(state_buf, "retrying") == 0) {
+        if (c->copy_attempt != 0 && c->copy_attempt != attempts + 1) {
+            /* Not the copy the failed attempt published (and the broker
+             * confirmed): the original again after a lost ack, or another
+             * stale delivery. Running it would start a second chain. */
+            c->status = WARREN__CLAIM_DUPLICATE;
+            warren__log(WARREN_LOG_INFO,
+                        &(warren__log_fields){"stale_delivery", c->queue, c->id,
+                                              NULL, attempts, -1},
+                        "delivery of attempt %d while the copy of attempt %d "
+                        "is in the retry cascade: settled without running",
+                        c->copy_attempt, attempts + 1);
+            return 0;
+        }
         /* The retry arrives: a new attempt, counted here and nowhere else. */
         rc = take(s, c, attempts + 1, 1, now_ms);
         if (rc == 0) {

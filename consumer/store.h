@@ -69,6 +69,14 @@ typedef struct {
     /* in */
     const char *queue;
     const char *id; /* NUL-terminated, valid UTF-8, <= WARREN__ID_MAX */
+    /* Republish mode, for a copy back from the cascade or a redelivery:
+     * the delivery's x-warren-attempt (1 without one). A `retrying` record
+     * is then taken only by the copy of attempt `attempts + 1`; any other
+     * delivery is stale (the confirmed copy is in the cascade) and gets
+     * WARREN__CLAIM_DUPLICATE. 0: any delivery takes it (nack mode, where
+     * the original is the retry; a first delivery from outside, e.g. one
+     * moved back by hand from a nack-mode retry queue). */
+    int copy_attempt;
     /* out */
     warren__claim_status status;
     int attempt;                /* attempt number of this delivery (>= 1) */

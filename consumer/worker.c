@@ -469,6 +469,54 @@ static void restore_route(warren__delivery *d) {
     }
 }
 
+/* Nack mode: this queue's `rejected` entry of x-death counts the failed
+ * attempts, and its time (seconds; the broker keeps it from the first
+ * rejection) is the first failure. Raises it->attempt and sets the first
+ * failure when x-death says more; the store's record, when there is one,
+ * still decides (apply_claims()). */
+static void xdeath_attempt(warren_worker *w, const struct warren_msg *m,
+                           item *it) {
+    const amqp_field_value_t *xd = warren__table_find(m->headers, "x-death");
+    if (xd == NULL || xd->kind != AMQP_FIELD_KIND_ARRAY) {
+        return;
+    }
+    size_t qlen = strlen(w->c->queue);
+    for (int i = 0; i < xd->value.array.num_entries; i++) {
+        const amqp_field_value_t *e = &xd->value.array.entries[i];
+        if (e->kind != AMQP_FIELD_KIND_TABLE) {
+            continue;
+        }
+        const amqp_field_value_t *q =
+            warren__table_find(&e->value.table, "queue");
+        const amqp_field_value_t *r =
+            warren__table_find(&e->value.table, "reason");
+        const amqp_field_value_t *c =
+            warren__table_find(&e->value.table, "count");
+        const amqp_field_value_t *t =
+            warren__table_find(&e->value.table, "time");
+        if (q == NULL || q->kind != AMQP_FIELD_KIND_UTF8 ||
+            q->value.bytes.len != qlen ||
+            memcmp(q->value.bytes.bytes, w->c->queue, qlen) != 0 || r == NULL ||
+            r->kind != AMQP_FIELD_KIND_UTF8 || r->value.bytes.len != 8 ||
+            memcmp(r->value.bytes.bytes, "rejected", 8) != 0 || c == NULL) {
+            continue;
+        }
+        int64_t n = c->kind == AMQP_FIELD_KIND_I64   ? c->value.i64
+                    : c->kind == AMQP_FIELD_KIND_I32 ? c->value.i32
+                                                     : 0;
+        if (n >= 1 && n < 1000000 && n + 1 > it->attempt) {
+            it->attempt = (int)n + 1;
+        }
+        if (t != NULL && t->kind == AMQP_FIELD_KIND_TIMESTAMP &&
+            t->value.u64 > 0 && t->value.u64 < (uint64_t)INT64_MAX / 1000 &&
+            (it->first_failed_at_ms == 0 ||
+             (int64_t)t->value.u64 * 1000 < it->first_failed_at_ms)) {
+            it->first_failed_at_ms = (int64_t)t->value.u64 * 1000;
+        }
+        return;
+    }
+}
+
 /* Step 0: classify each delivery before the store sees it. */
 static int classify(warren_worker *w, int n, int *n_claims) {
     *n_claims = 0;
@@ -480,12 +528,21 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         memset(it, 0, sizeof *it);
         it->claim = -1;
         m->queue = w->c->queue;
-        if (strncmp(d->exchange, "warren.", 7) == 0) {
+        it->attempt = 1;
+        int from_cascade = strncmp(d->exchange, "warren.", 7) == 0;
+        if (from_cascade) {
+            /* warren's own headers are trusted only on a copy back from
+             * its cascade: a producer's would skip attempts or age. */
             restore_route(d);
+            it->attempt = (int)header_int(m, "x-warren-attempt", 1, 1000000, 1);
+            it->first_failed_at_ms =
+                header_int(m, "x-warren-first-failed-at", 1, INT64_MAX, 0);
         }
-        it->attempt = (int)header_int(m, "x-warren-attempt", 1, 1000000, 1);
-        it->first_failed_at_ms =
-            header_int(m, "x-warren-first-failed-at", 1, INT64_MAX, 0);
+        if (w->c->retry.mode == WARREN__RETRY_NACK) {
+            /* Broker dead-lettering changes no header of warren's: without
+             * a store record (dedup off, no id) only x-death counts. */
+            xdeath_attempt(w, m, it);
+        }
         count(w, WARREN_STAT_RECEIVED);
         if (d->too_large || m->body_size_announced > w->c->max_message_bytes) {
             it->fate = FATE_DEAD;
@@ -533,6 +590,12 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         memset(cl, 0, sizeof *cl);
         cl->queue = w->c->queue;
         cl->id = it->id;
+        if (w->c->retry.mode == WARREN__RETRY_REPUBLISH &&
+            (from_cascade || m->redelivered)) {
+            /* A copy, or a delivery seen before (the original after a lost
+             * ack): the store tells it from the next attempt's copy. */
+            cl->copy_attempt = it->attempt;
+        }
         it->claim = (*n_claims)++;
     }
     return 0;

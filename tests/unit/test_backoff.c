@@ -2,8 +2,9 @@
  * test_backoff.c - retry delay arithmetic: exponential delays grow
  * monotonically up to max_ms and never overflow (attempt 1,000,000 and
  * INT_MAX), lists repeat their last entry, jitter stays within
- * [base(1-j), base(1+j)], everything stays within WARREN__DELAY_MAX_MS,
- * and the process random source returns values in [0, 1).
+ * [base(1-j), base(1+j)] and never above max_ms, everything stays within
+ * WARREN__DELAY_MAX_MS, and the process random source returns values in
+ * [0, 1).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -131,6 +132,28 @@ static void test_jitter_never_exceeds_cascade_limit(void **state) {
     assert_int_equal(warren__backoff_delay_ms(&b, 5, -1.0), 0);
 }
 
+static void test_jitter_never_exceeds_max_ms(void **state) {
+    (void)state;
+    /* At the cap the base is max_ms; jitter may only shorten it. */
+    warren__backoff_cfg b = expo(1000, 2.0, 5000);
+    b.jitter = 0.5;
+    for (int a = 1; a <= 10; a++) {
+        for (double u = 0.0; u < 1.0; u += 0.125) {
+            assert_true(warren__backoff_delay_ms(&b, a, u) <= 5000);
+        }
+    }
+    assert_int_equal(warren__backoff_delay_ms(&b, 10, 0.999), 5000);
+    assert_int_equal(warren__backoff_delay_ms(&b, 10, 0.0), 2500);
+    /* Fixed and list delays at max_ms obey it too. */
+    warren__backoff_cfg f;
+    memset(&f, 0, sizeof f);
+    f.kind = WARREN__BACKOFF_FIXED;
+    f.delay_ms = 4000;
+    f.max_ms = 4000;
+    f.jitter = 1.0;
+    assert_int_equal(warren__backoff_delay_ms(&f, 1, 0.999), 4000);
+}
+
 static void test_rng_uniform_in_unit_interval_and_varies(void **state) {
     (void)state;
     double first = warren__rng_uniform(), lo = 1, hi = 0;
@@ -177,6 +200,7 @@ int main(void) {
         cmocka_unit_test(test_list_indexes_by_attempt_and_repeats_last),
         cmocka_unit_test(test_jitter_stays_within_bounds),
         cmocka_unit_test(test_jitter_never_exceeds_cascade_limit),
+        cmocka_unit_test(test_jitter_never_exceeds_max_ms),
         cmocka_unit_test(test_rng_uniform_in_unit_interval_and_varies),
         cmocka_unit_test(test_rng_differs_between_forked_children),
     };

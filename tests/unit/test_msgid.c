@@ -169,6 +169,74 @@ static void test_json_integer_id_is_used_in_decimal(void **state) {
     assert_string_equal(out, "-17");
 }
 
+static void test_json_string_id_with_escaped_nul_is_unusable(void **state) {
+    (void)state;
+    cfg.id_source = WARREN__ID_JSON;
+    cfg.id_arg = "id";
+    /* cJSON decodes \u0000 into its C string, which then ends there: the
+     * id would be "A" and collide with a real "A". */
+    set_body("{\"id\": \"A\\u0000B\"}");
+    assert_int_equal(run(), WARREN__ID_REJECT);
+    assert_non_null(strstr(why, "NUL"));
+    /* A raw NUL byte inside the string is refused the same way. */
+    static const char raw[] = "{\"id\": \"A\0B\"}";
+    msg.body = (const uint8_t *)raw;
+    msg.body_len = sizeof raw - 1;
+    assert_int_equal(run(), WARREN__ID_REJECT);
+    assert_non_null(strstr(why, "NUL"));
+    /* An escaped backslash followed by "u0000" is six ordinary
+     * characters, not a NUL. */
+    set_body("{\"id\": \"A\\\\u0000B\"}");
+    assert_int_equal(run(), WARREN__ID_USE);
+    assert_string_equal(out, "A\\u0000B");
+    /* The escape is only refused in the id, not elsewhere in the body. */
+    set_body("{\"note\": \"x\\u0000\", \"id\": \"ok\"}");
+    assert_int_equal(run(), WARREN__ID_USE);
+    assert_string_equal(out, "ok");
+}
+
+static void test_json_integers_above_2_53_keep_exact_digits(void **state) {
+    (void)state;
+    cfg.id_source = WARREN__ID_JSON;
+    cfg.id_arg = "order.id";
+    /* As doubles both are 2^53: as ids they must stay two ids. */
+    set_body("{\"order\": {\"id\": 9007199254740993}}");
+    assert_int_equal(run(), WARREN__ID_USE);
+    assert_string_equal(out, "9007199254740993");
+    set_body("{\"order\": {\"id\": 9007199254740992}}");
+    assert_int_equal(run(), WARREN__ID_USE);
+    assert_string_equal(out, "9007199254740992");
+    set_body("{\"order\": {\"id\": -123456789012345678901234567890}}");
+    assert_int_equal(run(), WARREN__ID_USE);
+    assert_string_equal(out, "-123456789012345678901234567890");
+    /* Forms whose digits are not the integer itself are refused rather
+     * than rounded: 9007199254740993.0 would also become 2^53. */
+    static const char *const inexact[] = {
+        "{\"order\": {\"id\": 9007199254740993.0}}",
+        "{\"order\": {\"id\": 1e3}}",
+        "{\"order\": {\"id\": 007}}",
+    };
+    for (size_t i = 0; i < sizeof inexact / sizeof inexact[0]; i++) {
+        set_body(inexact[i]);
+        assert_int_equal(run(), WARREN__ID_REJECT);
+        assert_non_null(strstr(why, "not an integer"));
+    }
+}
+
+static void test_json_id_lookup_matches_parser_on_keys(void **state) {
+    (void)state;
+    cfg.id_source = WARREN__ID_JSON;
+    cfg.id_arg = "a.id";
+    /* The first of duplicate keys wins, escaped keys match their decoded
+     * name, and look-alike keys inside strings or skipped values do not
+     * match. */
+    set_body("{\"x\": \"{\\\"a\\\": {\\\"id\\\": 1}}\", \"b\": [{\"a\": 2}],"
+             " \"\\u0061\": {\"id\": 12345678901234567890, \"id\": 7},"
+             " \"a\": {\"id\": 8}}");
+    assert_int_equal(run(), WARREN__ID_USE);
+    assert_string_equal(out, "12345678901234567890");
+}
+
 static void test_json_float_object_and_missing_path_are_unusable(void **state) {
     (void)state;
     cfg.id_source = WARREN__ID_JSON;
@@ -289,6 +357,12 @@ int main(void) {
                                setup),
         cmocka_unit_test_setup(test_json_nested_path_string_is_used, setup),
         cmocka_unit_test_setup(test_json_integer_id_is_used_in_decimal, setup),
+        cmocka_unit_test_setup(test_json_string_id_with_escaped_nul_is_unusable,
+                               setup),
+        cmocka_unit_test_setup(test_json_integers_above_2_53_keep_exact_digits,
+                               setup),
+        cmocka_unit_test_setup(test_json_id_lookup_matches_parser_on_keys,
+                               setup),
         cmocka_unit_test_setup(
             test_json_float_object_and_missing_path_are_unusable, setup),
         cmocka_unit_test_setup(
