@@ -59,7 +59,6 @@
 #define ACK_EVERY 100
 #define ACK_MAX_DELAY_MS 20
 #define ACK_IDLE_MS 2
-#define CONFIRM_TIMEOUT_MS 30000
 #define DEFER_DELAY_MS 1000
 #define PRUNE_EVERY_MS 60000
 #define PRUNE_BATCH 500
@@ -853,7 +852,8 @@ static int publish_copies(warren_worker *w, int n) {
         }
     }
     if (rc == 0 && any) {
-        rc = warren__session_wait_confirms(w->sess, CONFIRM_TIMEOUT_MS);
+        rc = warren__session_wait_confirms(w->sess,
+                                           w->cfg->broker.confirm_timeout_ms);
         if (rc == 0) {
             WARREN_FAILPOINT("copies.confirmed");
         }
