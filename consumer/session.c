@@ -730,6 +730,26 @@ static void settle(warren__session *s, uint64_t tag, int multiple, int nacked) {
     }
 }
 
+/* Test seam, in failpoint builds only: WARREN_TEST_LOSE_CONFIRMS=N makes
+ * this process ignore the first N basic.ack frames it reads, as if the
+ * broker confirmed those publishes later than any wait (a stuck queue, a
+ * quorum queue without a majority). Always 0 in other builds. */
+static int lose_confirm(void) {
+#ifdef WARREN_FAILPOINTS
+    static long left = -1;
+    if (left < 0) {
+        const char *v = getenv("WARREN_TEST_LOSE_CONFIRMS");
+        left = v != NULL ? strtol(v, NULL, 10) : 0;
+        left = left < 0 ? 0 : left;
+    }
+    if (left > 0) {
+        left--;
+        return 1;
+    }
+#endif
+    return 0;
+}
+
 static warren__delivery *take_free(warren__session *s) {
     warren__delivery *d = s->free_list;
     if (d) {
@@ -792,6 +812,9 @@ static int pump(warren__session *s, warren__delivery *into, uint64_t max_body,
     }
     case AMQP_BASIC_ACK_METHOD: {
         amqp_basic_ack_t *m = f.payload.method.decoded;
+        if (lose_confirm()) {
+            return 1;
+        }
         settle(s, m->delivery_tag, m->multiple, 0);
         return 1;
     }

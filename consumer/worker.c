@@ -48,6 +48,19 @@
 /* Bodies larger than this are drained unread; the broker's own default
  * max_message_size is 128 MiB, so this is only a guard. */
 #define HARD_BODY_LIMIT ((uint64_t)256 << 20)
+
+/* HARD_BODY_LIMIT, or in a failpoint build (tests only) the value of
+ * WARREN_TEST_HARD_BODY_LIMIT, so that a test can send a body above the
+ * limit without moving 256 MiB. */
+static uint64_t hard_body_limit(void) {
+#ifdef WARREN_FAILPOINTS
+    const char *v = getenv("WARREN_TEST_HARD_BODY_LIMIT");
+    if (v != NULL && v[0] != '\0') {
+        return strtoull(v, NULL, 10);
+    }
+#endif
+    return HARD_BODY_LIMIT;
+}
 /* A body buffer grown past this is given back after its batch. */
 #define BODY_KEEP_BYTES ((size_t)1 << 20)
 #define POLL_MS 200
@@ -1044,7 +1057,7 @@ static int fill_batch(warren_worker *w, int from, int max) {
     int n = from;
     while (n < max && warren__session_pending(w->sess)) {
         int rc =
-            warren__session_next(w->sess, &w->slots[n], HARD_BODY_LIMIT, 0);
+            warren__session_next(w->sess, &w->slots[n], hard_body_limit(), 0);
         if (rc < 0) {
             set_err(w, "%s", warren__session_errstr(w->sess));
             return rc;
@@ -1298,7 +1311,7 @@ static int take_batch(warren_worker *w, int batch_max) {
     if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
         /* Acks are owed: wait a moment for more traffic to share them,
          * then send them before any longer wait. */
-        rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+        rc = warren__session_next(w->sess, &w->slots[0], hard_body_limit(),
                                   ACK_IDLE_MS);
         if (rc == 0) {
             rc = flush_acks(w);
@@ -1306,11 +1319,11 @@ static int take_batch(warren_worker *w, int batch_max) {
                 set_err(w, "%s", warren__session_errstr(w->sess));
                 return WARREN_ERR_CONNECTION;
             }
-            rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+            rc = warren__session_next(w->sess, &w->slots[0], hard_body_limit(),
                                       POLL_MS);
         }
     } else {
-        rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+        rc = warren__session_next(w->sess, &w->slots[0], hard_body_limit(),
                                   POLL_MS);
     }
     if (rc < 0) {
