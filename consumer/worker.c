@@ -61,6 +61,9 @@ static uint64_t hard_body_limit(void) {
 #endif
     return HARD_BODY_LIMIT;
 }
+/* A batch reads bodies into memory until they reach this or
+ * max_message_bytes, whichever is larger (see batch_bytes()). */
+#define BATCH_BYTES_MIN ((uint64_t)1 << 20)
 /* A body buffer grown past this is given back after its batch. */
 #define BODY_KEEP_BYTES ((size_t)1 << 20)
 #define POLL_MS 200
@@ -737,6 +740,9 @@ static void copy_props(amqp_basic_properties_t *p,
  * frame for the retry headers: the message cannot travel the cascade, so
  * it is dead-lettered instead (publish_dead() drops those headers). */
 #define RETRY_NO_ROOM 1
+/* publish_retry()'s and publish_dead()'s answer for a too-large body that
+ * could not be spooled (session.c logged why): a copy would be empty. */
+#define BODY_LOST 2
 
 static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
                          int next_attempt, uint32_t delay_ms) {
@@ -744,6 +750,9 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
     char ex[WARREN__NAME_MAX], rk[WARREN__NAME_MAX + 64];
     amqp_basic_properties_t p;
     const struct warren_msg *m = &d->msg;
+    if (d->body_lost) {
+        return BODY_LOST;
+    }
     size_t budget = error_budget(w, d);
     if (budget == 0) {
         return RETRY_NO_ROOM;
@@ -769,14 +778,16 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
                             sizeof ex, rk, sizeof rk) != 0) {
         return WARREN_ERR_INVAL;
     }
-    return warren__session_publish(w->sess, ex, rk, &p, m->body, m->body_len,
-                                   NULL);
+    return warren__session_publish_delivery(w->sess, ex, rk, &p, d, NULL);
 }
 
 static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
     table_builder tb;
     amqp_basic_properties_t p;
     const struct warren_msg *m = &d->msg;
+    if (d->body_lost) {
+        return BODY_LOST;
+    }
     int64_t now = warren__now_ms();
     size_t budget = error_budget(w, d);
     /* Original headers that leave no room for warren's own in one frame
@@ -809,10 +820,10 @@ static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
         tb_int(&tb, "x-warren-replays", 0);
     }
     copy_props(&p, m->props, &tb);
-    /* The body of a message too large to keep was not read: such a message
-     * cannot reach here, since the hard limit is far above any broker's. */
-    return warren__session_publish(w->sess, "", warren__dlq_name(w->c), &p,
-                                   m->body, m->body_len, NULL);
+    /* A body over max_message_bytes was spooled to a file as it was read
+     * (session.c): the copy is sent from there, frame by frame, whole. */
+    return warren__session_publish_delivery(w->sess, "", warren__dlq_name(w->c),
+                                            &p, d, NULL);
 }
 
 static int dead_instead_of_retry(warren_worker *w, warren__delivery *d,
@@ -862,6 +873,20 @@ static int publish_copies(warren_worker *w, int n) {
             break;
         default:
             break;
+        }
+        if (rc == BODY_LOST) {
+            /* Never acked with an empty copy: it stays in the queue and
+             * the spool is tried again at its redelivery. */
+            warren__log(WARREN_LOG_ERROR,
+                        &(warren__log_fields){"body_lost", w->c->queue,
+                                              it->id[0] ? it->id : NULL, NULL,
+                                              it->attempt, -1},
+                        "a %llu-byte body could not be kept for its copy "
+                        "(spool file failed): not acked, requeued",
+                        (unsigned long long)d->msg.body_size_announced);
+            it->fate = FATE_REQUEUE;
+            it->published = 0;
+            rc = 0;
         }
     }
     if (rc == 0 && any) {
@@ -1051,13 +1076,34 @@ static void count_and_log(warren_worker *w, int n) {
     }
 }
 
-/* Reads deliveries already buffered (never waiting) into slots[from..max).
- * Returns how many slots are filled in all, or a session error. */
+/* The largest body read into memory; larger ones are spooled to a file
+ * and dead-lettered from there (see warren__session_spool()). */
+static uint64_t body_limit(const warren_worker *w) {
+    uint64_t hard = hard_body_limit();
+    return w->c->max_message_bytes < hard ? w->c->max_message_bytes : hard;
+}
+
+/* Bytes of bodies a half of the batch memory reads before it stops: with
+ * the one body that may cross it, a half holds less than twice
+ * max_message_bytes, and the session's read-ahead has the same budget, so
+ * a worker holds about 5 x max_message_bytes of bodies at most, whatever
+ * batch_max and prefetch are. */
+static uint64_t batch_bytes(const warren_worker *w) {
+    uint64_t limit = body_limit(w);
+    return limit > BATCH_BYTES_MIN ? limit : BATCH_BYTES_MIN;
+}
+
+/* Reads deliveries already buffered (never waiting) into slots[from..max),
+ * while the bodies held in the half stay under batch_bytes(). Returns how
+ * many slots are filled in all, or a session error. */
 static int fill_batch(warren_worker *w, int from, int max) {
     int n = from;
-    while (n < max && warren__session_pending(w->sess)) {
-        int rc =
-            warren__session_next(w->sess, &w->slots[n], hard_body_limit(), 0);
+    uint64_t held = 0, budget = batch_bytes(w);
+    for (int i = 0; i < from; i++) {
+        held += w->slots[i].msg.body_len;
+    }
+    while (n < max && held < budget && warren__session_pending(w->sess)) {
+        int rc = warren__session_next(w->sess, &w->slots[n], body_limit(w), 0);
         if (rc < 0) {
             set_err(w, "%s", warren__session_errstr(w->sess));
             return rc;
@@ -1065,6 +1111,7 @@ static int fill_batch(warren_worker *w, int from, int max) {
         if (rc == 0) {
             break;
         }
+        held += w->slots[n].msg.body_len;
         n++;
     }
     return n;
@@ -1192,6 +1239,7 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
             w->slots[i].body = NULL;
             w->slots[i].body_cap = 0;
         }
+        warren__delivery_drop_spool(&w->slots[i]);
     }
     warren__session_release(w->sess);
     if (rc != 0) {
@@ -1308,10 +1356,11 @@ static void maybe_prune(warren_worker *w) {
  * none (timeout, or a busy store handed it back), or an error. */
 static int take_batch(warren_worker *w, int batch_max) {
     int rc;
+    warren__session_spool(w->sess, body_limit(w), batch_bytes(w));
     if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
         /* Acks are owed: wait a moment for more traffic to share them,
          * then send them before any longer wait. */
-        rc = warren__session_next(w->sess, &w->slots[0], hard_body_limit(),
+        rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
                                   ACK_IDLE_MS);
         if (rc == 0) {
             rc = flush_acks(w);
@@ -1319,12 +1368,12 @@ static int take_batch(warren_worker *w, int batch_max) {
                 set_err(w, "%s", warren__session_errstr(w->sess));
                 return WARREN_ERR_CONNECTION;
             }
-            rc = warren__session_next(w->sess, &w->slots[0], hard_body_limit(),
+            rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
                                       POLL_MS);
         }
     } else {
-        rc = warren__session_next(w->sess, &w->slots[0], hard_body_limit(),
-                                  POLL_MS);
+        rc =
+            warren__session_next(w->sess, &w->slots[0], body_limit(w), POLL_MS);
     }
     if (rc < 0) {
         set_err(w, "%s", warren__session_errstr(w->sess));
