@@ -1366,7 +1366,12 @@ int warren__session_wait_confirms(warren__session *s, int timeout_ms) {
     while (s->n_unconfirmed > 0) {
         int64_t left = deadline - warren__mono_ms();
         if (left <= 0) {
-            set_err(s, "%zu publishes not confirmed within %d ms",
+            /* Their confirms may still come (or a nack): on this channel
+             * they would be taken for the next wait's. */
+            s->broken = 1;
+            set_err(s,
+                    "%zu publishes not confirmed within %d ms "
+                    "(broker.confirm_timeout_ms); reconnecting",
                     s->n_unconfirmed, timeout_ms);
             return WARREN_ERR_TIMEOUT;
         }

@@ -149,7 +149,11 @@ int warren__session_publish_delivery(warren__session *s, const char *exchange,
 /* Waits until every publish so far is confirmed, up to `timeout_ms`.
  * Returns 0 if all were acked and none returned; WARREN_ERR_PUBLISH if any
  * was nacked or returned unroutable (the text says which); TIMEOUT; or a
- * connection error. Deliveries arriving meanwhile are queued for next(). */
+ * connection error. Deliveries arriving meanwhile are queued for next().
+ * After a timeout the session is broken: confirms still owed would
+ * otherwise be counted against the next wait's publishes (a late nack
+ * failing them, a confirm that never comes timing them out), so the
+ * caller reconnects and starts from a channel with nothing outstanding. */
 int warren__session_wait_confirms(warren__session *s, int timeout_ms);
 
 /* Reads one message with basic.get (no consumer): 1 and `d` filled, 0 if

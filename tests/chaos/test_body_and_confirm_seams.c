@@ -192,10 +192,52 @@ static void test_body_above_hard_limit_reaches_dlq_whole_and_once(void **st) {
     free(body);
 }
 
+static void test_lost_confirm_fails_only_its_own_batch(void **st) {
+    (void)st;
+    setenv("WARREN_TEST_LOSE_CONFIRMS", "1", 1);
+    start("confirm", "\"confirm_timeout_ms\": 1000", "");
+    /* dead-1's copy is confirmed by the broker but the worker never sees
+     * it: the batch times out and dead-1 comes back, to be dead-lettered
+     * again (the first copy, whose confirm was lost, is in the DLQ too:
+     * an unconfirmed copy is at-least-once, that is the window itself). */
+    itest_publish(g.conn, "", g.q, "dead-1", "x", 1);
+    wait_runs("dead-1", 2);
+    wait_depth(g.dlq, 2);
+    /* Later batches must not wait for that lost confirm. */
+    itest_publish(g.conn, "", g.q, "dead-2", "y", 1);
+    wait_runs("dead-2", 1);
+    wait_depth(g.dlq, 3);
+    itest_publish(g.conn, "", g.q, "ok-1", "z", 1);
+    wait_runs("ok-1", 1);
+    print_message("handler runs: dead-1 %ld, dead-2 %ld, ok-1 %ld; DLQ %ld\n",
+                  runs_of("dead-1"), runs_of("dead-2"), runs_of("ok-1"),
+                  itest_queue_depth(g.conn, g.dlq));
+    stop_and_expect_settled();
+    assert_int_equal(runs_of("dead-1"), 2);
+    assert_int_equal(runs_of("dead-2"), 1);
+    assert_int_equal(runs_of("ok-1"), 1);
+    assert_int_equal(itest_queue_depth(g.conn, g.dlq), 3);
+    int copies[2] = {0, 0};
+    for (int i = 0; i < 3; i++) {
+        itest_msg m;
+        assert_int_equal(itest_get(g.conn, g.dlq, &m, 0), 1);
+        if (strcmp(m.message_id, "dead-1") == 0) {
+            copies[0]++;
+        } else if (strcmp(m.message_id, "dead-2") == 0) {
+            copies[1]++;
+        }
+        itest_msg_free(&m);
+    }
+    assert_int_equal(copies[0], 2);
+    assert_int_equal(copies[1], 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(
             test_body_above_hard_limit_reaches_dlq_whole_and_once, teardown),
+        cmocka_unit_test_teardown(test_lost_confirm_fails_only_its_own_batch,
+                                  teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
