@@ -137,6 +137,28 @@ static int all_small_ran(void *arg) {
     return read_effects(NULL).runs >= N_SMALL;
 }
 
+/* 1 in a sanitizer build (ASan's shadow and quarantine make a 64 MiB
+ * limit meaningless): the test then runs without the cgroup. */
+static int sanitizer_build(void) {
+    char path[1024], line[512];
+    int found = 0;
+    const char *b = getenv("WARREN_BUILD_DIR");
+    snprintf(path, sizeof path, "%s/CMakeCache.txt", b ? b : ".");
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof line, fp)) {
+        char *eq = strchr(line, '=');
+        if (strncmp(line, "WARREN_SANITIZE:", 16) == 0 && eq != NULL &&
+            eq[1] != '\n' && eq[1] != '\0') {
+            found = 1;
+        }
+    }
+    fclose(fp);
+    return found;
+}
+
 static int setup(void **state) {
     (void)state;
     char text[2048];
@@ -184,16 +206,22 @@ static void
 test_40mib_bodies_reach_dlq_whole_in_64mib_cgroup_small_ones_once(void **st) {
     (void)st;
     char limit[32];
-    if (mkdir(g.cg, 0755) != 0) {
+    int limited = !sanitizer_build();
+    if (!limited) {
+        print_message("sanitizer build: running without the memory cgroup\n");
+        g.cg[0] = '\0';
+    } else if (mkdir(g.cg, 0755) != 0) {
         print_message("cannot create %s (%s): no memory cgroup here\n", g.cg,
                       strerror(errno));
         g.cg[0] = '\0';
         skip();
     }
-    snprintf(limit, sizeof limit, "%ld", MEM_LIMIT);
-    char path[512];
-    snprintf(path, sizeof path, "%s/memory.limit_in_bytes", g.cg);
-    assert_int_equal(write_text(path, limit), 0);
+    if (limited) {
+        snprintf(limit, sizeof limit, "%ld", MEM_LIMIT);
+        char path[512];
+        snprintf(path, sizeof path, "%s/memory.limit_in_bytes", g.cg);
+        assert_int_equal(write_text(path, limit), 0);
+    }
 
     const char *decl[] = {"topology", "declare", "-c", g.cfg, NULL};
     int status = 0;
@@ -227,8 +255,12 @@ test_40mib_bodies_reach_dlq_whole_in_64mib_cgroup_small_ones_once(void **st) {
 
     /* The pool runs inside the cgroup from its first instruction on. */
     char script[1024];
-    snprintf(script, sizeof script,
-             "echo $$ > %s/cgroup.procs && exec \"$0\" \"$@\"", g.cg);
+    if (limited) {
+        snprintf(script, sizeof script,
+                 "echo $$ > %s/cgroup.procs && exec \"$0\" \"$@\"", g.cg);
+    } else {
+        snprintf(script, sizeof script, "exec \"$0\" \"$@\"");
+    }
     const char *argv[] = {"/bin/sh", "-c", script, itest_warren_bin(),
                           "run",     "-c", g.cfg,  "--log-level",
                           "debug",   NULL};
@@ -237,13 +269,15 @@ test_40mib_bodies_reach_dlq_whole_in_64mib_cgroup_small_ones_once(void **st) {
     depth_arg a = {g.dlq, N_BIG};
     int dlq_ok = itest_wait_until(depth_at_least, &a, 90);
     int small_ok = itest_wait_until(all_small_ran, NULL, 30);
-    long ooms = read_oom_kills();
-    print_message("cgroup: peak %ld KiB of %ld KiB, limit hit %ld times, "
-                  "oom kills %ld; DLQ depth %ld\n",
-                  read_cg_long("memory.max_usage_in_bytes") / 1024,
-                  MEM_LIMIT / 1024, read_cg_long("memory.failcnt"), ooms,
-                  itest_queue_depth(g.conn, g.dlq));
-    assert_int_equal(ooms, 0);
+    if (limited) {
+        long ooms = read_oom_kills();
+        print_message("cgroup: peak %ld KiB of %ld KiB, limit hit %ld times, "
+                      "oom kills %ld; DLQ depth %ld\n",
+                      read_cg_long("memory.max_usage_in_bytes") / 1024,
+                      MEM_LIMIT / 1024, read_cg_long("memory.failcnt"), ooms,
+                      itest_queue_depth(g.conn, g.dlq));
+        assert_int_equal(ooms, 0);
+    }
     assert_true(dlq_ok);
     assert_true(small_ok);
 
