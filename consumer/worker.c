@@ -1086,7 +1086,7 @@ static uint64_t body_limit(const warren_worker *w) {
 /* Bytes of bodies a half of the batch memory reads before it stops: with
  * the one body that may cross it, a half holds less than twice
  * max_message_bytes, and the session's read-ahead has the same budget, so
- * a worker holds about 5 x max_message_bytes of bodies at most, whatever
+ * a worker holds less than 6 x batch_bytes() of bodies, whatever
  * batch_max and prefetch are. */
 static uint64_t batch_bytes(const warren_worker *w) {
     uint64_t limit = body_limit(w);
