@@ -946,6 +946,13 @@ static int pump(warren__session *s, warren__delivery *into, uint64_t max_body,
         if (into) {
             return 2;
         }
+        if (d->spooled && !d->too_large) {
+            warren__log(WARREN_LOG_DEBUG, NULL,
+                        "read-ahead holds %llu bytes of bodies: a %llu-byte "
+                        "body parked in a spool file until it is taken",
+                        (unsigned long long)s->pending_bytes,
+                        (unsigned long long)d->spool_len);
+        }
         d->next = NULL;
         s->pending_bytes += d->msg.body_len;
         if (s->pending_tail) {

@@ -26,6 +26,8 @@
 #define BIG_BODY ((size_t)40 << 20)
 #define N_BIG 4
 #define N_SMALL 20
+#define MID_BODY ((size_t)3 << 20)
+#define N_MID 10
 
 static struct {
     char *dir;
@@ -36,12 +38,19 @@ static struct {
     amqp_connection_state_t conn;
 } g;
 
-/* "ID WORKER_PID BODY_BYTES" per handler run; $PPID is the worker. */
+/* "ID WORKER_PID BODY_BYTES OTHER" per handler run; $PPID is the worker.
+ * A "mid-X" body is all X: OTHER counts its bytes that are not. */
 static const char *recorder =
     "#!/bin/sh\n"
-    "n=$(wc -c)\n"
-    "printf '%s %s %s\\n' \"$WARREN_MESSAGE_ID\" \"$PPID\" \"$n\" >> "
-    "\"$EFFECTS_FILE\"\n"
+    "f=$(mktemp \"$EFFECTS_FILE.XXXXXX\")\n"
+    "cat > \"$f\"\n"
+    "n=$(wc -c < \"$f\")\n"
+    "o=0\n"
+    "case \"$WARREN_MESSAGE_ID\" in mid-?) "
+    "o=$(tr -d \"${WARREN_MESSAGE_ID#mid-}\" < \"$f\" | wc -c);; esac\n"
+    "rm -f \"$f\"\n"
+    "printf '%s %s %s %s\\n' \"$WARREN_MESSAGE_ID\" \"$PPID\" \"$n\" \"$o\" "
+    ">> \"$EFFECTS_FILE\"\n"
     "exit 0\n";
 
 static int write_text(const char *path, const char *text) {
@@ -99,15 +108,16 @@ static effects read_effects(const char *id) {
     }
     while (fgets(line, sizeof line, fp)) {
         char mid[300];
-        long pid, bytes;
-        if (sscanf(line, "%299s %ld %ld", mid, &pid, &bytes) != 3) {
+        long pid, bytes, other;
+        if (sscanf(line, "%299s %ld %ld %ld", mid, &pid, &bytes, &other) != 4) {
             continue;
         }
         if (id != NULL && strcmp(mid, id) != 0) {
             continue;
         }
         e.runs++;
-        if (bytes != 5) {
+        long want = strncmp(mid, "mid-", 4) == 0 ? (long)MID_BODY : 5;
+        if (bytes != want || other != 0) {
             e.bad_size++;
         }
         int seen = 0;
@@ -393,6 +403,64 @@ static void test_unspoolable_body_is_not_acked_with_an_empty_copy(void **st) {
     assert_int_equal(read_effects(NULL).runs, 1);
 }
 
+typedef struct {
+    long want;
+} all_arg;
+
+static int all_ran(void *arg) {
+    return read_effects(NULL).runs >= ((all_arg *)arg)->want;
+}
+
+/* Bodies under max_message_bytes read ahead while the worker waits for a
+ * DLQ confirm go past the read-ahead budget (8 MiB here): the rest are
+ * parked on disk and read back when taken. Each must reach its handler
+ * once and intact. */
+static void test_read_ahead_over_budget_is_parked_and_handled_once(void **st) {
+    (void)st;
+    g.cg[0] = '\0';
+    const char *decl[] = {"topology", "declare", "-c", g.cfg, NULL};
+    int status = 0;
+    pid_t p = itest_spawn_warren(decl, g.log);
+    assert_true(itest_wait_exit(p, 30, &status));
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    size_t big_len = MAX_MESSAGE_BYTES + 1;
+    char *body = malloc(big_len);
+    assert_non_null(body);
+    memset(body, 'B', big_len);
+    itest_publish(g.conn, "", g.q, "big-0", body, big_len);
+    for (int i = 0; i < N_MID; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "mid-%c", 'a' + i);
+        memset(body, 'a' + i, MID_BODY);
+        itest_publish(g.conn, "", g.q, id, body, MID_BODY);
+    }
+    free(body);
+    const char *run[] = {"run", "-c", g.cfg, "--log-level", "debug", NULL};
+    g.pid = itest_spawn_warren(run, g.log);
+    all_arg a = {N_MID};
+    assert_true(itest_wait_until(all_ran, &a, 60));
+    depth_arg d = {g.dlq, 1};
+    assert_true(itest_wait_until(depth_at_least, &d, 30));
+    status = itest_terminate(g.pid, 30);
+    g.pid = 0;
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    long parked = log_count("parked in a spool file");
+    print_message("%ld bodies parked on disk by the read-ahead\n", parked);
+    assert_int_equal(itest_queue_depth(g.conn, g.q), 0);
+    assert_int_equal(itest_queue_depth(g.conn, g.dlq), 1);
+    effects all = read_effects(NULL);
+    assert_int_equal(all.runs, N_MID);
+    assert_int_equal(all.bad_size, 0);
+    assert_int_equal(all.n_pids, 1);
+    for (int i = 0; i < N_MID; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "mid-%c", 'a' + i);
+        assert_int_equal(read_effects(id).runs, 1);
+    }
+    assert_true(parked >= 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
@@ -400,6 +468,9 @@ int main(void) {
             setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_unspoolable_body_is_not_acked_with_an_empty_copy, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_read_ahead_over_budget_is_parked_and_handled_once, setup,
             teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
