@@ -487,8 +487,9 @@ static void parse_tls(parser *p, const cJSON *tls, warren_config *cfg) {
 }
 
 static void parse_broker(parser *p, const cJSON *root, warren_config *cfg) {
-    static const char *const keys[] = {"url", "urls", "heartbeat_s",
-                                       "connect_timeout_s", "tls"};
+    static const char *const keys[] = {
+        "url", "urls", "heartbeat_s", "connect_timeout_s", "confirm_timeout_ms",
+        "tls"};
     const cJSON *b = get_obj(p, root, "", "broker");
     const cJSON *url = item(b, "url"), *urls = item(b, "urls");
     const char *env = getenv("WARREN_URL");
@@ -498,8 +499,10 @@ static void parse_broker(parser *p, const cJSON *root, warren_config *cfg) {
         oom(p);
         return;
     }
-    if (b != NULL && check_keys(p, b, "broker", keys, 5) == 0) {
+    if (b != NULL && check_keys(p, b, "broker", keys, 6) == 0) {
         get_i(p, b, "broker", "heartbeat_s", 0, 3600, &cfg->broker.heartbeat_s);
+        get_i(p, b, "broker", "confirm_timeout_ms", 100, 3600000,
+              &cfg->broker.confirm_timeout_ms);
         get_num(p, b, "broker", "connect_timeout_s", 0.1, 300,
                 &cfg->broker.connect_timeout_s);
         parse_tls(p, get_obj(p, b, "broker", "tls"), cfg);
@@ -1106,6 +1109,7 @@ static void parse_consumers(parser *p, const cJSON *root, warren_config *cfg) {
 static void set_defaults(warren_config *cfg) {
     cfg->broker.heartbeat_s = 30;
     cfg->broker.connect_timeout_s = 10;
+    cfg->broker.confirm_timeout_ms = 30000;
     cfg->broker.verify_peer = true;
     cfg->broker.verify_hostname = true;
     cfg->store.synchronous = WARREN__SYNC_FULL;

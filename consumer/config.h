@@ -110,6 +110,7 @@ struct warren_config {
         int n_urls;
         int heartbeat_s;          /* 0 disables; default 30 */
         double connect_timeout_s; /* default 10 */
+        int confirm_timeout_ms;   /* publisher confirm wait; default 30000 */
         char *ca_cert;            /* PEM file for amqps; NULL: system default */
         char *client_cert;        /* NULL: none */
         char *client_key;         /* NULL: none */

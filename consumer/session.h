@@ -68,12 +68,24 @@ typedef struct warren__delivery {
     amqp_basic_properties_t props; /* deep copy, in `pool` */
     amqp_pool_t pool;
     int pool_ready;
-    int too_large;                 /* body over the limit: drained, not kept */
+    int too_large; /* body over the limit: drained, not kept */
+    /* The body is in an unlinked temporary file instead of `body` (see
+     * warren__session_spool()): a too_large body, whole, to be published
+     * from there; or a body parked while the pending list was full, read
+     * back into `body` by next(). `body_lost`: too_large and not kept
+     * anywhere (no spooling, or the spool failed): a copy of it would be
+     * empty, so it must not be acked as dead-lettered. */
+    int spooled;
+    int spool_fd;
+    uint64_t spool_len;
+    int body_lost;
     struct warren__delivery *next; /* the session's pending list */
 } warren__delivery;
 
 void warren__delivery_init(warren__delivery *d);
 void warren__delivery_free(warren__delivery *d); /* buffers; NULL no-op */
+/* Closes (and so deletes) a spooled body's file, if any. */
+void warren__delivery_drop_spool(warren__delivery *d);
 
 /* Waits up to `timeout_ms` (0: only what is already buffered or readable
  * now) for the next delivery. Returns 1 with `d` filled, 0 on timeout, or a
@@ -83,6 +95,18 @@ void warren__delivery_free(warren__delivery *d); /* buffers; NULL no-op */
  * serviced. */
 int warren__session_next(warren__session *s, warren__delivery *d,
                          uint64_t max_body, int timeout_ms);
+/* Bounds what deliveries hold in memory, for a consumer (the dlq tool does
+ * not call this, and keeps draining too-large bodies). From now on a body
+ * over `max_body`, whether read by next() or while waiting for confirms
+ * (which otherwise reads with no limit), is written frame by frame to an
+ * unlinked temporary file in $TMPDIR (default /tmp) and marked too_large
+ * and spooled; warren__session_publish_delivery() sends it from there.
+ * Deliveries read ahead into the pending list keep at most
+ * `pending_budget` bytes of bodies in memory; the rest are parked in such
+ * files and read back when next() hands them out. If a spool file cannot
+ * be written the body is drained and `body_lost` set. */
+void warren__session_spool(warren__session *s, uint64_t max_body,
+                           uint64_t pending_budget);
 /* 1 if another delivery may be read without blocking. */
 int warren__session_pending(warren__session *s);
 /* Gives back memory rabbitmq-c holds for frames already consumed. */
@@ -113,10 +137,23 @@ int warren__session_publish(warren__session *s, const char *exchange,
                             const char *routing_key,
                             const amqp_basic_properties_t *props,
                             const void *body, size_t len, uint64_t *seq);
+/* Publishes a copy of delivery `d`'s body, as warren__session_publish()
+ * does, from memory or, for a spooled body, from its file frame by frame
+ * (never holding it whole). WARREN_ERR_INVAL if the body is lost. A read
+ * error of the spool file midway leaves a message half sent: the session
+ * is then broken (WARREN_ERR_IO). */
+int warren__session_publish_delivery(warren__session *s, const char *exchange,
+                                     const char *routing_key,
+                                     const amqp_basic_properties_t *props,
+                                     const warren__delivery *d, uint64_t *seq);
 /* Waits until every publish so far is confirmed, up to `timeout_ms`.
  * Returns 0 if all were acked and none returned; WARREN_ERR_PUBLISH if any
  * was nacked or returned unroutable (the text says which); TIMEOUT; or a
- * connection error. Deliveries arriving meanwhile are queued for next(). */
+ * connection error. Deliveries arriving meanwhile are queued for next().
+ * After a timeout the session is broken: confirms still owed would
+ * otherwise be counted against the next wait's publishes (a late nack
+ * failing them, a confirm that never comes timing them out), so the
+ * caller reconnects and starts from a channel with nothing outstanding. */
 int warren__session_wait_confirms(warren__session *s, int timeout_ms);
 
 /* Reads one message with basic.get (no consumer): 1 and `d` filled, 0 if

@@ -48,6 +48,22 @@
 /* Bodies larger than this are drained unread; the broker's own default
  * max_message_size is 128 MiB, so this is only a guard. */
 #define HARD_BODY_LIMIT ((uint64_t)256 << 20)
+
+/* HARD_BODY_LIMIT, or in a failpoint build (tests only) the value of
+ * WARREN_TEST_HARD_BODY_LIMIT, so that a test can send a body above the
+ * limit without moving 256 MiB. */
+static uint64_t hard_body_limit(void) {
+#ifdef WARREN_FAILPOINTS
+    const char *v = getenv("WARREN_TEST_HARD_BODY_LIMIT");
+    if (v != NULL && v[0] != '\0') {
+        return strtoull(v, NULL, 10);
+    }
+#endif
+    return HARD_BODY_LIMIT;
+}
+/* A batch reads bodies into memory until they reach this or
+ * max_message_bytes, whichever is larger (see batch_bytes()). */
+#define BATCH_BYTES_MIN ((uint64_t)1 << 20)
 /* A body buffer grown past this is given back after its batch. */
 #define BODY_KEEP_BYTES ((size_t)1 << 20)
 #define POLL_MS 200
@@ -59,7 +75,6 @@
 #define ACK_EVERY 100
 #define ACK_MAX_DELAY_MS 20
 #define ACK_IDLE_MS 2
-#define CONFIRM_TIMEOUT_MS 30000
 #define DEFER_DELAY_MS 1000
 #define PRUNE_EVERY_MS 60000
 #define PRUNE_BATCH 500
@@ -788,6 +803,9 @@ static void copy_props(amqp_basic_properties_t *p,
  * frame for the retry headers: the message cannot travel the cascade, so
  * it is dead-lettered instead (publish_dead() drops those headers). */
 #define RETRY_NO_ROOM 1
+/* publish_retry()'s and publish_dead()'s answer for a too-large body that
+ * could not be spooled (session.c logged why): a copy would be empty. */
+#define BODY_LOST 2
 
 static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
                          int next_attempt, uint32_t delay_ms) {
@@ -795,6 +813,9 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
     char ex[WARREN__NAME_MAX], rk[WARREN__NAME_MAX + 64];
     amqp_basic_properties_t p;
     const struct warren_msg *m = &d->msg;
+    if (d->body_lost) {
+        return BODY_LOST;
+    }
     size_t budget = error_budget(w, d);
     if (budget == 0) {
         return RETRY_NO_ROOM;
@@ -820,14 +841,16 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
                             sizeof ex, rk, sizeof rk) != 0) {
         return WARREN_ERR_INVAL;
     }
-    return warren__session_publish(w->sess, ex, rk, &p, m->body, m->body_len,
-                                   NULL);
+    return warren__session_publish_delivery(w->sess, ex, rk, &p, d, NULL);
 }
 
 static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
     table_builder tb;
     amqp_basic_properties_t p;
     const struct warren_msg *m = &d->msg;
+    if (d->body_lost) {
+        return BODY_LOST;
+    }
     int64_t now = warren__now_ms();
     size_t budget = error_budget(w, d);
     /* Original headers that leave no room for warren's own in one frame
@@ -860,10 +883,10 @@ static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
         tb_int(&tb, "x-warren-replays", 0);
     }
     copy_props(&p, m->props, &tb);
-    /* The body of a message too large to keep was not read: such a message
-     * cannot reach here, since the hard limit is far above any broker's. */
-    return warren__session_publish(w->sess, "", warren__dlq_name(w->c), &p,
-                                   m->body, m->body_len, NULL);
+    /* A body over max_message_bytes was spooled to a file as it was read
+     * (session.c): the copy is sent from there, frame by frame, whole. */
+    return warren__session_publish_delivery(w->sess, "", warren__dlq_name(w->c),
+                                            &p, d, NULL);
 }
 
 static int dead_instead_of_retry(warren_worker *w, warren__delivery *d,
@@ -914,9 +937,24 @@ static int publish_copies(warren_worker *w, int n) {
         default:
             break;
         }
+        if (rc == BODY_LOST) {
+            /* Never acked with an empty copy: it stays in the queue and
+             * the spool is tried again at its redelivery. */
+            warren__log(WARREN_LOG_ERROR,
+                        &(warren__log_fields){"body_lost", w->c->queue,
+                                              it->id[0] ? it->id : NULL, NULL,
+                                              it->attempt, -1},
+                        "a %llu-byte body could not be kept for its copy "
+                        "(spool file failed): not acked, requeued",
+                        (unsigned long long)d->msg.body_size_announced);
+            it->fate = FATE_REQUEUE;
+            it->published = 0;
+            rc = 0;
+        }
     }
     if (rc == 0 && any) {
-        rc = warren__session_wait_confirms(w->sess, CONFIRM_TIMEOUT_MS);
+        rc = warren__session_wait_confirms(w->sess,
+                                           w->cfg->broker.confirm_timeout_ms);
         if (rc == 0) {
             WARREN_FAILPOINT("copies.confirmed");
         }
@@ -1101,13 +1139,34 @@ static void count_and_log(warren_worker *w, int n) {
     }
 }
 
-/* Reads deliveries already buffered (never waiting) into slots[from..max).
- * Returns how many slots are filled in all, or a session error. */
+/* The largest body read into memory; larger ones are spooled to a file
+ * and dead-lettered from there (see warren__session_spool()). */
+static uint64_t body_limit(const warren_worker *w) {
+    uint64_t hard = hard_body_limit();
+    return w->c->max_message_bytes < hard ? w->c->max_message_bytes : hard;
+}
+
+/* Bytes of bodies a half of the batch memory reads before it stops: with
+ * the one body that may cross it, a half holds less than twice
+ * max_message_bytes, and the session's read-ahead has the same budget, so
+ * a worker holds less than 6 x batch_bytes() of bodies, whatever
+ * batch_max and prefetch are. */
+static uint64_t batch_bytes(const warren_worker *w) {
+    uint64_t limit = body_limit(w);
+    return limit > BATCH_BYTES_MIN ? limit : BATCH_BYTES_MIN;
+}
+
+/* Reads deliveries already buffered (never waiting) into slots[from..max),
+ * while the bodies held in the half stay under batch_bytes(). Returns how
+ * many slots are filled in all, or a session error. */
 static int fill_batch(warren_worker *w, int from, int max) {
     int n = from;
-    while (n < max && warren__session_pending(w->sess)) {
-        int rc =
-            warren__session_next(w->sess, &w->slots[n], HARD_BODY_LIMIT, 0);
+    uint64_t held = 0, budget = batch_bytes(w);
+    for (int i = 0; i < from; i++) {
+        held += w->slots[i].msg.body_len;
+    }
+    while (n < max && held < budget && warren__session_pending(w->sess)) {
+        int rc = warren__session_next(w->sess, &w->slots[n], body_limit(w), 0);
         if (rc < 0) {
             set_err(w, "%s", warren__session_errstr(w->sess));
             return rc;
@@ -1115,6 +1174,7 @@ static int fill_batch(warren_worker *w, int from, int max) {
         if (rc == 0) {
             break;
         }
+        held += w->slots[n].msg.body_len;
         n++;
     }
     return n;
@@ -1242,6 +1302,7 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
             w->slots[i].body = NULL;
             w->slots[i].body_cap = 0;
         }
+        warren__delivery_drop_spool(&w->slots[i]);
     }
     warren__session_release(w->sess);
     if (rc != 0) {
@@ -1358,10 +1419,11 @@ static void maybe_prune(warren_worker *w) {
  * none (timeout, or a busy store handed it back), or an error. */
 static int take_batch(warren_worker *w, int batch_max) {
     int rc;
+    warren__session_spool(w->sess, body_limit(w), batch_bytes(w));
     if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
         /* Acks are owed: wait a moment for more traffic to share them,
          * then send them before any longer wait. */
-        rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+        rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
                                   ACK_IDLE_MS);
         if (rc == 0) {
             rc = flush_acks(w);
@@ -1369,12 +1431,12 @@ static int take_batch(warren_worker *w, int batch_max) {
                 set_err(w, "%s", warren__session_errstr(w->sess));
                 return WARREN_ERR_CONNECTION;
             }
-            rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
+            rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
                                       POLL_MS);
         }
     } else {
-        rc = warren__session_next(w->sess, &w->slots[0], HARD_BODY_LIMIT,
-                                  POLL_MS);
+        rc =
+            warren__session_next(w->sess, &w->slots[0], body_limit(w), POLL_MS);
     }
     if (rc < 0) {
         set_err(w, "%s", warren__session_errstr(w->sess));

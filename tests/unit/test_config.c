@@ -105,6 +105,7 @@ static void assert_defaults_of_orders(const warren_config *cfg) {
                         "amqp://guest:guest@127.0.0.1:5672/%2f");
     assert_int_equal(cfg->broker.heartbeat_s, 30);
     assert_true(cfg->broker.connect_timeout_s == 10.0);
+    assert_int_equal(cfg->broker.confirm_timeout_ms, 30000);
     assert_null(cfg->broker.ca_cert);
     assert_null(cfg->broker.client_cert);
     assert_null(cfg->broker.client_key);
@@ -187,7 +188,8 @@ static void test_every_field_is_read(void **state) {
     (void)state;
     warren_config *cfg = parse_ok(
         "{\"broker\":{\"urls\":[\"amqps://u:p@a:5671/v\",\"amqp://b\"],"
-        "\"heartbeat_s\":0,\"connect_timeout_s\":2.5,\"tls\":{\"ca_cert\":"
+        "\"heartbeat_s\":0,\"connect_timeout_s\":2.5,"
+        "\"confirm_timeout_ms\":500,\"tls\":{\"ca_cert\":"
         "\"ca.pem\",\"client_cert\":\"c.pem\",\"client_key\":\"k.pem\","
         "\"verify_peer\":false,\"verify_hostname\":false}},"
         "\"store\":{\"path\":\"s.db\",\"synchronous\":\"normal\","
@@ -211,6 +213,7 @@ static void test_every_field_is_read(void **state) {
     assert_string_equal(cfg->broker.urls[1], "amqp://b");
     assert_int_equal(cfg->broker.heartbeat_s, 0);
     assert_true(cfg->broker.connect_timeout_s == 2.5);
+    assert_int_equal(cfg->broker.confirm_timeout_ms, 500);
     assert_string_equal(cfg->broker.client_key, "k.pem");
     assert_false(cfg->broker.verify_peer);
     assert_int_equal(cfg->store.synchronous, WARREN__SYNC_NORMAL);
@@ -371,6 +374,10 @@ static void test_out_of_range_values_are_refused(void **state) {
                                 "\"exponential\",\"initial_ms\":-1}}")),
         "t.json: consumers[0].retry.backoff.initial_ms: expected an integer "
         "from 0 to 268435455, got -1");
+    assert_string_equal(
+        parse_err("{\"broker\":{\"confirm_timeout_ms\":0}}"),
+        "t.json: broker.confirm_timeout_ms: expected an integer from 100 to "
+        "3600000, got 0");
     assert_string_equal(parse_err("{\"broker\":{\"heartbeat_s\":1e999}}"),
                         "t.json: broker.heartbeat_s: expected an integer from "
                         "0 to 3600, got inf");
