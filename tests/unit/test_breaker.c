@@ -40,8 +40,8 @@ static int setup(void **state) {
 static warren__breaker_cfg cfg(uint32_t consecutive, double ratio,
                                uint32_t window_s, uint32_t open_s,
                                uint32_t half_open_max) {
-    warren__breaker_cfg c = {consecutive, ratio, window_s, open_s,
-                             half_open_max};
+    warren__breaker_cfg c = {consecutive, ratio,         window_s,
+                             open_s,      half_open_max, NULL};
     return c;
 }
 
