@@ -492,6 +492,9 @@ static void test_breaker_fallback_runs_each_message_once_while_open(void **st) {
      * and at most once per half-open (a failed trial each). */
     long runs = itest_count_lines(f.runs);
     long half = breaker_logged(&f, "half_open");
+    fprintf(stderr,
+            "fallback: %d parked, primary ran %ld times, %ld half-open\n", n,
+            runs, half);
     assert_int_equal(itest_count_lines(f.effects), -1);
     assert_int_equal(itest_count_lines(fbfile), n);
     assert_int_equal(distinct_lines(fbfile), n);

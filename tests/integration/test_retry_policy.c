@@ -215,6 +215,8 @@ static void test_max_age_s_ends_retries_across_attempts(void **st) {
         dump_log(&f);
         fail_msg("%ld runs before max_age_s 1 ended it", runs);
     }
+    fprintf(stderr, "max_age_s 1: %ld runs, first to last %lld ms\n", runs,
+            last - first);
     assert_true(last - first >= 1000);
     assert_true(last - first < 2500);
     itest_msg m;
@@ -301,6 +303,8 @@ static void test_exhausted_budget_pauses_then_drains(void **st) {
     long long first, last;
     run_span(f.runs, &first, &last);
     long runs = itest_count_lines(f.runs);
+    fprintf(stderr, "budget pause: %ld runs in %lld ms while down\n", runs,
+            last - first);
     /* one run per pause of open_s 1 s */
     if (last - first < (runs - 1) * 900) {
         dump_log(&f);
