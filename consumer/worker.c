@@ -452,7 +452,13 @@ static void decide_failure(warren_worker *w, item *it, warren_result r,
         it->fate = FATE_DEAD;
         return;
     }
-    if (!within_budget) {
+    /* In pause mode a failure of the fallback still retries: the breaker
+     * is open already, and a message handed back would come straight back
+     * to the fallback. */
+    int by_fallback =
+        it->handler != NULL && strcmp(it->handler, "fallback") == 0;
+    if (!within_budget &&
+        (rc->budget.when_exhausted == WARREN__BUDGET_DEAD || !by_fallback)) {
         char last[WARREN__ERROR_MAX + 1];
         snprintf(last, sizeof last, "%s", it->reason);
         snprintf(it->reason, sizeof it->reason,

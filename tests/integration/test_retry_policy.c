@@ -329,11 +329,59 @@ static void test_exhausted_budget_pauses_then_drains(void **st) {
     fx_teardown(&f);
 }
 
+/* Pause mode with a breaker.fallback that fails as well: the breaker is
+ * open already, so handing the fallback's failures back would bring them
+ * straight back to it, spending no attempt, for ever. They go through the
+ * retry policy instead and end in the DLQ after max_attempts. */
+static void test_paused_budget_with_failing_fallback_still_ends(void **st) {
+    (void)st;
+    fx f;
+    const int n = 5;
+    char fmt[1024];
+    /* the fallback is the same failing script: (queue, script, script) */
+    snprintf(fmt, sizeof fmt,
+             "{\"queue\": \"%%s\", \"handler\": \"exec:%%s\","
+             " \"prefetch\": 5,"
+             " \"breaker\": {\"open_s\": 1, \"fallback\": \"exec:%%s fb\"},"
+             " \"retry\": {\"max_attempts\": 3, \"jitter\": 0,"
+             " \"budget\": {\"max_tokens\": 2, \"token_ratio\": 0.5,"
+             " \"when_exhausted\": \"pause\"},"
+             " \"backoff\": {\"kind\": \"fixed\", \"delay_ms\": 100}}}");
+    fx_setup(&f, "budgetfb", "{\"queue\": \"%s\", \"handler\": \"exec:%s\"}");
+    char consumer[2048], text[4096];
+    snprintf(consumer, sizeof consumer, fmt, f.queue, f.script, f.script);
+    snprintf(text, sizeof text,
+             "{\"store\": {\"path\": \"%s/warren.db\"}, \"consumers\": [%s]}",
+             f.dir, consumer);
+    itest_write_file(f.cfg, text);
+    itest_write_file(f.flag, "down\n");
+    itest_publish_n(f.conn, "", f.queue, "bf", n, NULL, 0);
+    fx_start(&f);
+    depth_arg d = {f.conn, f.dlq, n};
+    if (!itest_wait_until(depth_at_least, &d, 30)) {
+        dump_log(&f);
+        fail_msg("%ld of %d dead-lettered; %ld handler runs",
+                 itest_queue_depth(f.conn, f.dlq), n,
+                 itest_count_lines(f.runs));
+    }
+    fx_stop(&f);
+    long runs = itest_count_lines(f.runs);
+    fprintf(stderr, "pause + failing fallback: %ld runs for %d messages\n",
+            runs, n);
+    /* 3 attempts each, plus the odd failure handed back before a pause */
+    assert_true(runs >= 3 * n);
+    assert_true(runs <= 3 * n + 10);
+    assert_int_equal(itest_queue_depth(f.conn, f.queue), 0);
+    assert_int_equal(itest_count_lines(f.effects), -1);
+    fx_teardown(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_max_age_s_ends_retries_across_attempts),
         cmocka_unit_test(test_exhausted_budget_dead_letters_with_its_reason),
         cmocka_unit_test(test_exhausted_budget_pauses_then_drains),
+        cmocka_unit_test(test_paused_budget_with_failing_fallback_still_ends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
