@@ -8,10 +8,14 @@
  */
 #include "itest.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -433,6 +437,55 @@ static int both_have(void *arg) {
     return lines_of_both(u->a, u->b) >= u->want;
 }
 
+/* A port the kernel just handed out, for "metrics.listen". */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* The value of `series` (name and labels, exactly as rendered) in a
+ * /metrics scrape over a plain socket, or -1. */
+static double scrape_sample(int port, const char *series) {
+    static char resp[262144];
+    static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    struct timeval tv = {5, 0};
+    size_t got = 0;
+    char key[512];
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
+        close(fd);
+        return -1;
+    }
+    for (;;) {
+        ssize_t r = read(fd, resp + got, sizeof resp - 1 - got);
+        if (r <= 0) {
+            break;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    resp[got] = '\0';
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *p = strstr(resp, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
 typedef struct {
     fx *f;
     int published;
@@ -468,14 +521,16 @@ static void test_breaker_fallback_runs_each_message_once_while_open(void **st) {
     itest_write_file(fallback, parking);
     assert_int_equal(chmod(fallback, 0700), 0);
     setenv("FALLBACK_FILE", fbfile, 1);
+    int port = free_port();
     snprintf(text, sizeof text,
-             "{\"store\": {\"path\": \"%s/warren.db\"}, \"consumers\": ["
+             "{\"store\": {\"path\": \"%s/warren.db\"},"
+             " \"metrics\": {\"listen\": \"127.0.0.1:%d\"}, \"consumers\": ["
              "{\"queue\": \"%s\", \"handler\": \"exec:%s\", \"prefetch\": 20,"
              " \"breaker\": {\"consecutive_failures\": 5, \"open_s\": 2,"
              " \"half_open_max\": 1, \"fallback\": \"exec:%s\"},"
              " \"retry\": {\"max_attempts\": 50, \"jitter\": 0,"
              " \"backoff\": {\"kind\": \"fixed\", \"delay_ms\": 100}}}]}",
-             f.dir, f.queue, f.script, fallback);
+             f.dir, port, f.queue, f.script, fallback);
     itest_write_file(f.cfg, text);
     itest_write_file(f.flag, "down\n");
     itest_publish_n(f.conn, "", f.queue, "fb", n, NULL, 0);
@@ -511,6 +566,25 @@ static void test_breaker_fallback_runs_each_message_once_while_open(void **st) {
                                  "handler fallback") >= n);
     assert_int_equal(
         count_lines_with(f.log, "\"event\":\"breaker_pause\"", NULL), 0);
+    /* ... and so do the metrics. */
+    char series[512];
+    snprintf(series, sizeof series,
+             "warren_handler_calls_total{queue=\"%s\",handler=\"fallback\"}",
+             f.queue);
+    double fb_calls = scrape_sample(port, series);
+    snprintf(series, sizeof series,
+             "warren_handler_calls_total{queue=\"%s\",handler=\"primary\"}",
+             f.queue);
+    double primary_calls = scrape_sample(port, series);
+    snprintf(series, sizeof series,
+             "warren_breaker_transitions_total{queue=\"%s\",to=\"open\"}",
+             f.queue);
+    double opened = scrape_sample(port, series);
+    fprintf(stderr, "metrics: fallback %g, primary %g, opened %g\n", fb_calls,
+            primary_calls, opened);
+    assert_true(fb_calls == n);
+    assert_true(primary_calls >= 5 && primary_calls <= 5 + half + 1);
+    assert_true(opened >= 1);
 
     /* The dependency is back: the primary takes over once a trial passes;
      * each new message is handled once, by one handler or the other. */
