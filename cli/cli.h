@@ -65,6 +65,10 @@ typedef struct {
     uint64_t latency_sum_us, handler_failures, breaker_opened, reconnects;
     uint64_t restarts;       /* unplanned: crashes and deadline kills */
     uint64_t deadline_kills; /* workers ended for an overdue handler */
+    /* Calls of the primary and of breaker.fallback; breaker transitions
+     * into closed, open and half-open. */
+    uint64_t handler_calls[2];
+    uint64_t breaker_transitions[3];
 } cli_series;
 
 typedef struct {

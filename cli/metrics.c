@@ -78,6 +78,12 @@ void cli_view_retire(cli_pool_view *v, int slot) {
         s->handler_failures += ld(&w->handler_failures);
         s->breaker_opened += ld(&w->breaker_opened);
         s->reconnects += ld(&w->reconnects);
+        for (int i = 0; i < 2; i++) {
+            s->handler_calls[i] += ld(&w->handler_calls[i]);
+        }
+        for (int i = 0; i < 3; i++) {
+            s->breaker_transitions[i] += ld(&w->breaker_transitions[i]);
+        }
     }
     /* The process is gone: nobody else writes here any more. */
     memset((void *)w, 0, sizeof *w);
@@ -163,6 +169,7 @@ typedef struct {
     uint64_t latency_sum_us, handler_failures, breaker_opened, reconnects;
     int64_t in_flight;
     int workers, connected;
+    uint64_t handler_calls[2], breaker_transitions[3];
 } totals;
 
 static void sum_queue(cli_pool_view *v, int si, totals *t) {
@@ -174,6 +181,9 @@ static void sum_queue(cli_pool_view *v, int si, totals *t) {
     t->handler_failures = s->handler_failures;
     t->breaker_opened = s->breaker_opened;
     t->reconnects = s->reconnects;
+    memcpy(t->handler_calls, s->handler_calls, sizeof t->handler_calls);
+    memcpy(t->breaker_transitions, s->breaker_transitions,
+           sizeof t->breaker_transitions);
     for (int i = 0; i < CLI_MAX_SLOTS; i++) {
         if (v->slot_series[i] != si) {
             continue;
@@ -189,6 +199,12 @@ static void sum_queue(cli_pool_view *v, int si, totals *t) {
         t->handler_failures += ld(&w->handler_failures);
         t->breaker_opened += ld(&w->breaker_opened);
         t->reconnects += ld(&w->reconnects);
+        for (int k = 0; k < 2; k++) {
+            t->handler_calls[k] += ld(&w->handler_calls[k]);
+        }
+        for (int k = 0; k < 3; k++) {
+            t->breaker_transitions[k] += ld(&w->breaker_transitions[k]);
+        }
         if (v->slot_alive[i]) {
             int64_t f =
                 atomic_load_explicit(&w->in_flight, memory_order_relaxed);
@@ -242,6 +258,18 @@ static void render(cli_pool_view *v, buf *b) {
         sample(b, "warren_handler_failures_total", v->series[si].queue, NULL,
                "%llu", (unsigned long long)t[si].handler_failures);
     }
+    head(b, "warren_handler_calls_total", "counter",
+         "Handler calls by handler: the primary, or breaker.fallback while "
+         "the breaker is open.");
+    for (int si = 0; si < v->n_series; si++) {
+        static const char *const which[] = {",handler=\"primary\"",
+                                            ",handler=\"fallback\""};
+        for (int k = 0; k < 2; k++) {
+            sample(b, "warren_handler_calls_total", v->series[si].queue,
+                   which[k], "%llu",
+                   (unsigned long long)t[si].handler_calls[k]);
+        }
+    }
     head(b, "warren_handler_duration_seconds", "histogram",
          "Duration of handler calls.");
     for (int si = 0; si < v->n_series; si++) {
@@ -292,6 +320,17 @@ static void render(cli_pool_view *v, buf *b) {
          "Broker sessions opened by a worker after its first.",
          offsetof(totals, reconnects)},
     };
+    head(b, "warren_breaker_transitions_total", "counter",
+         "Circuit breaker transitions, by the state moved into.");
+    for (int si = 0; si < v->n_series; si++) {
+        static const char *const to[] = {",to=\"closed\"", ",to=\"open\"",
+                                         ",to=\"half_open\""};
+        for (int k = 0; k < 3; k++) {
+            sample(b, "warren_breaker_transitions_total", v->series[si].queue,
+                   to[k], "%llu",
+                   (unsigned long long)t[si].breaker_transitions[k]);
+        }
+    }
     for (size_t m = 0; m < sizeof more / sizeof more[0]; m++) {
         head(b, more[m].name, "counter", more[m].help);
         for (int si = 0; si < v->n_series; si++) {

@@ -72,9 +72,23 @@ uint32_t warren__backoff_base_ms(const warren__backoff_cfg *b, int attempt) {
     return clamp_round(d, cap);
 }
 
+/* "full" jitter (AWS's, and gRPC's original retry policy): uniform in
+ * [0, base), so never longer than the un-jittered delay and its cap. */
+static uint32_t full_jitter(double base, double u) {
+    if (!(u >= 0.0)) {
+        u = 0.0;
+    } else if (u >= 1.0) {
+        u = nextafter(1.0, 0.0);
+    }
+    return clamp_round(base * u, base);
+}
+
 uint32_t warren__backoff_delay_ms(const warren__backoff_cfg *b, int attempt,
                                   double u) {
     double base = warren__backoff_base_ms(b, attempt);
+    if (b->jitter_style == WARREN__JITTER_FULL) {
+        return full_jitter(base, u);
+    }
     double j = b->jitter;
     if (!(j > 0.0)) {
         return (uint32_t)base;

@@ -22,7 +22,9 @@
 uint32_t warren__backoff_base_ms(const warren__backoff_cfg *b, int attempt);
 
 /* The same with jitter applied: base * (1 - j + 2 j u), `u` in [0, 1),
- * clamped to [0, max_ms] (or [0, WARREN__DELAY_MAX_MS] when max_ms is 0). */
+ * clamped to [0, max_ms] (or [0, WARREN__DELAY_MAX_MS] when max_ms is 0);
+ * with jitter_style "full", base * u (uniform in [0, base), jitter
+ * ignored). */
 uint32_t warren__backoff_delay_ms(const warren__backoff_cfg *b, int attempt,
                                   double u);
 

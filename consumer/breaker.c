@@ -6,7 +6,11 @@
  * for open_s, so messages wait in the queue without spending attempts.
  * Then half-open lets half_open_max trial messages through: all succeed and
  * it closes, one fails and it opens again. Every transition is logged
- * (event "breaker", outcome = the new state) and counted.
+ * (event "breaker", outcome = the new state) and counted. Each transition
+ * starts a new generation: an outcome reported for a call let through in
+ * an earlier one is discarded, and a call that never ran (cancelled) counts
+ * as neither success nor failure (docs/operations.md compares this with
+ * gobreaker point by point).
  */
 #include "breaker.h"
 
@@ -57,6 +61,7 @@ static void move_to(warren__breaker *b, warren__breaker_state to,
     warren__breaker_state from = b->state;
     b->state = to;
     b->transitions[to]++;
+    b->generation++;
     switch (to) {
     case WARREN__BREAKER_OPEN:
         b->opened_at_ms = now_ms;
@@ -80,7 +85,8 @@ static void move_to(warren__breaker *b, warren__breaker_state to,
 }
 
 int64_t warren__breaker_wait_ms(warren__breaker *b, int64_t now_ms) {
-    if (!b->enabled || b->state != WARREN__BREAKER_OPEN) {
+    /* An off breaker is never open unless trip() opened it. */
+    if (b->state != WARREN__BREAKER_OPEN) {
         return 0;
     }
     int64_t until = b->opened_at_ms + (int64_t)b->cfg.open_s * 1000;
@@ -98,7 +104,7 @@ int64_t warren__breaker_wait_ms(warren__breaker *b, int64_t now_ms) {
 }
 
 int warren__breaker_allow(warren__breaker *b, int64_t now_ms) {
-    if (!b->enabled) {
+    if (!b->enabled && b->state == WARREN__BREAKER_CLOSED) {
         return 1;
     }
     if (warren__breaker_wait_ms(b, now_ms) > 0) {
@@ -140,8 +146,33 @@ static void window_add(warren__breaker *b, int failed, int64_t now_ms,
 }
 
 void warren__breaker_record(warren__breaker *b, int failed, int64_t now_ms) {
+    warren__breaker_done(
+        b, b->generation,
+        failed ? WARREN__BREAKER_FAILED : WARREN__BREAKER_SUCCEEDED, now_ms);
+}
+
+uint64_t warren__breaker_generation(const warren__breaker *b) {
+    return b->generation;
+}
+
+void warren__breaker_trip(warren__breaker *b, int64_t now_ms, const char *why) {
+    if (b->state != WARREN__BREAKER_OPEN) {
+        move_to(b, WARREN__BREAKER_OPEN, now_ms, why);
+    }
+}
+
+void warren__breaker_done(warren__breaker *b, uint64_t generation,
+                          warren__breaker_outcome outcome, int64_t now_ms) {
     char why[160];
-    if (!b->enabled) {
+    int failed = outcome == WARREN__BREAKER_FAILED;
+    if (generation != b->generation) {
+        return; /* let through before the last transition: stale */
+    }
+    if (outcome == WARREN__BREAKER_CANCELLED) {
+        if (b->state == WARREN__BREAKER_HALF_OPEN &&
+            b->trials_started > b->trials_ok) {
+            b->trials_started--;
+        }
         return;
     }
     if (b->state == WARREN__BREAKER_HALF_OPEN) {
@@ -154,7 +185,7 @@ void warren__breaker_record(warren__breaker *b, int failed, int64_t now_ms) {
         }
         return;
     }
-    if (b->state != WARREN__BREAKER_CLOSED) {
+    if (b->state != WARREN__BREAKER_CLOSED || !b->enabled) {
         return; /* a late outcome says nothing new while open */
     }
     uint32_t ok, bad;

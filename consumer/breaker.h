@@ -28,6 +28,13 @@ typedef enum {
     WARREN__BREAKER_HALF_OPEN = 2
 } warren__breaker_state;
 
+/* What became of a call allow() let through. */
+typedef enum {
+    WARREN__BREAKER_SUCCEEDED = 0, /* handler result ACK */
+    WARREN__BREAKER_FAILED = 1,    /* RETRY, DEAD or a timeout */
+    WARREN__BREAKER_CANCELLED = 2  /* never ran, or was abandoned: neither */
+} warren__breaker_outcome;
+
 typedef struct {
     int64_t index; /* now_ms / bucket width when last written */
     uint32_t ok, failed;
@@ -45,6 +52,7 @@ typedef struct {
     int64_t bucket_ms;
     warren__breaker_bucket buckets[WARREN__BREAKER_BUCKETS];
     uint64_t transitions[3]; /* transitions into each state */
+    uint64_t generation;     /* +1 on every transition (gobreaker's) */
 } warren__breaker;
 
 /* Starts closed. `queue` is borrowed for log lines and must outlive `b`.
@@ -72,6 +80,23 @@ int warren__breaker_allow(warren__breaker *b, int64_t now_ms);
  * failure_ratio or more. Half-open: one failure re-opens, half_open_max
  * successes close. Outcomes recorded while open are ignored. */
 void warren__breaker_record(warren__breaker *b, int failed, int64_t now_ms);
+
+/* The breaker's generation: read it right after allow() said yes and hand
+ * it to done() with the call's outcome. It changes on every transition. */
+uint64_t warren__breaker_generation(const warren__breaker *b);
+
+/* As record(), for a call allowed in `generation`. An outcome from an
+ * earlier generation (the breaker has changed state since the call was let
+ * through) is discarded, as gobreaker does. CANCELLED counts as neither
+ * success nor failure: in half-open it gives the trial slot back. */
+void warren__breaker_done(warren__breaker *b, uint64_t generation,
+                          warren__breaker_outcome outcome, int64_t now_ms);
+
+/* Opens the breaker now for open_s (logged with `why`), whatever its
+ * thresholds, even when it is off: the retry budget's "pause" uses it. A
+ * breaker opened this way goes half-open and closes like any other. No-op
+ * when already open. */
+void warren__breaker_trip(warren__breaker *b, int64_t now_ms, const char *why);
 
 warren__breaker_state warren__breaker_state_of(const warren__breaker *b);
 /* "closed", "open", "half_open". */

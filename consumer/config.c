@@ -813,19 +813,47 @@ static void parse_backoff(parser *p, const cJSON *o, const char *base,
     }
 }
 
+/* retry.budget: {max_tokens, token_ratio, when_exhausted}; present means
+ * on, with gRPC's example figures as defaults. */
+static void parse_budget(parser *p, const cJSON *o, const char *base,
+                         warren__budget_cfg *b) {
+    static const char *const keys[] = {"max_tokens", "token_ratio",
+                                       "when_exhausted"};
+    static const char *const whens[] = {"dead", "pause"};
+    char bbase[FIELD_MAX];
+    const cJSON *bo = get_obj(p, o, base, "budget");
+    int when = (int)b->when_exhausted;
+    if (bo == NULL) {
+        return;
+    }
+    sub(bbase, sizeof bbase, base, "budget");
+    if (check_keys(p, bo, bbase, keys, 3) != 0) {
+        return;
+    }
+    b->max_tokens = 10;
+    b->token_ratio = 0.1;
+    get_num(p, bo, bbase, "max_tokens", 1, 1000, &b->max_tokens);
+    get_num(p, bo, bbase, "token_ratio", 0.001, 1, &b->token_ratio);
+    get_enum(p, bo, bbase, "when_exhausted", whens, 2, &when);
+    b->when_exhausted = (warren__budget_exhausted)when;
+}
+
 static void parse_retry(parser *p, const cJSON *o, const char *base,
                         warren__consumer_cfg *c) {
-    static const char *const keys[] = {"max_attempts", "mode", "backoff",
-                                       "jitter", "max_age_s"};
+    static const char *const keys[] = {
+        "max_attempts", "mode",      "backoff", "jitter",
+        "jitter_style", "max_age_s", "budget"};
+    static const char *const styles[] = {"proportional", "full"};
     static const char *const modes[] = {"republish", "nack"};
     char rbase[FIELD_MAX];
     const cJSON *r = get_obj(p, o, base, "retry");
     int mode = (int)c->retry.mode;
+    int style = (int)c->retry.backoff.jitter_style;
     if (r == NULL) {
         return;
     }
     sub(rbase, sizeof rbase, base, "retry");
-    if (check_keys(p, r, rbase, keys, 5) != 0) {
+    if (check_keys(p, r, rbase, keys, sizeof keys / sizeof keys[0]) != 0) {
         return;
     }
     get_i(p, r, rbase, "max_attempts", 1, 1000, &c->retry.max_attempts);
@@ -833,7 +861,10 @@ static void parse_retry(parser *p, const cJSON *o, const char *base,
     c->retry.mode = (warren__retry_mode)mode;
     parse_backoff(p, r, rbase, &c->retry.backoff);
     get_num(p, r, rbase, "jitter", 0, 1, &c->retry.backoff.jitter);
+    get_enum(p, r, rbase, "jitter_style", styles, 2, &style);
+    c->retry.backoff.jitter_style = (warren__jitter_style)style;
     get_u32(p, r, rbase, "max_age_s", 0, UINT32_MAX, &c->retry.max_age_s);
+    parse_budget(p, r, rbase, &c->retry.budget);
     if (p->rc == 0 && c->retry.mode == WARREN__RETRY_NACK &&
         c->retry.backoff.kind != WARREN__BACKOFF_FIXED) {
         char field[FIELD_MAX];
@@ -847,19 +878,45 @@ static void parse_retry(parser *p, const cJSON *o, const char *base,
     }
 }
 
+/* breaker.fallback: any handler kind, checked like "handler". */
+static void parse_fallback(parser *p, const cJSON *br, const char *bbase,
+                           warren__breaker_cfg *b) {
+    const cJSON *v = item(br, "fallback");
+    const char *s = NULL;
+    char field[FIELD_MAX];
+    if (v == NULL || p->rc != 0) {
+        return;
+    }
+    sub(field, sizeof field, bbase, "fallback");
+    if (str_value(p, field, v, 1, PATH_STR_MAX, &s) != 0) {
+        return;
+    }
+    if (!((strncmp(s, "exec:", 5) == 0 && s[5] != '\0') ||
+          (strncmp(s, "plugin:", 7) == 0 && s[7] != '\0') ||
+          (strncmp(s, "builtin:", 8) == 0 && s[8] != '\0'))) {
+        fail_got(p, field, v,
+                 "a handler starting with \"exec:\", \"plugin:\" or "
+                 "\"builtin:\"");
+        return;
+    }
+    b->fallback = dup_or_oom(p, s);
+}
+
 static void parse_breaker(parser *p, const cJSON *o, const char *base,
                           warren__breaker_cfg *b) {
-    static const char *const keys[] = {"consecutive_failures", "failure_ratio",
-                                       "window_s", "open_s", "half_open_max"};
+    static const char *const keys[] = {
+        "consecutive_failures", "failure_ratio", "window_s", "open_s",
+        "half_open_max",        "fallback"};
     char bbase[FIELD_MAX];
     const cJSON *br = get_obj(p, o, base, "breaker");
     if (br == NULL) {
         return;
     }
     sub(bbase, sizeof bbase, base, "breaker");
-    if (check_keys(p, br, bbase, keys, 5) != 0) {
+    if (check_keys(p, br, bbase, keys, sizeof keys / sizeof keys[0]) != 0) {
         return;
     }
+    parse_fallback(p, br, bbase, b);
     get_u32(p, br, bbase, "consecutive_failures", 0, 1000000,
             &b->consecutive_failures);
     get_num(p, br, bbase, "failure_ratio", 0, 1, &b->failure_ratio);
@@ -1340,6 +1397,7 @@ void warren_config_free(warren_config *cfg) {
         free(c->id_arg);
         free(c->dlq_queue);
         free(c->retry.backoff.delays_ms);
+        free(c->breaker.fallback);
     }
     free(cfg->consumers);
     free(cfg);

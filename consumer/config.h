@@ -44,6 +44,11 @@ typedef enum {
     WARREN__BACKOFF_LIST
 } warren__backoff_kind;
 
+typedef enum {
+    WARREN__JITTER_PROPORTIONAL = 0, /* delay * [1 - jitter, 1 + jitter] */
+    WARREN__JITTER_FULL = 1          /* uniform in [0, delay] */
+} warren__jitter_style;
+
 typedef struct {
     warren__backoff_kind kind;
     uint32_t delay_ms;   /* fixed */
@@ -53,6 +58,7 @@ typedef struct {
     uint32_t *delays_ms; /* list: delays for retry 1, 2, ...; last repeats */
     size_t n_delays;
     double jitter; /* 0..1: delay * (1 - jitter .. 1 + jitter) */
+    warren__jitter_style jitter_style; /* full ignores `jitter` */
 } warren__backoff_cfg;
 
 typedef enum {
@@ -60,11 +66,25 @@ typedef enum {
     WARREN__RETRY_NACK = 1
 } warren__retry_mode;
 
+typedef enum {
+    WARREN__BUDGET_DEAD = 0, /* a failure that may not retry: dead-letter */
+    WARREN__BUDGET_PAUSE = 1 /* hand it back and open the breaker */
+} warren__budget_exhausted;
+
+/* gRPC's retryThrottling, per worker process: a failure costs a token, a
+ * success gives token_ratio back; at max_tokens / 2 or less, no retries. */
+typedef struct {
+    double max_tokens; /* 0: no budget */
+    double token_ratio;
+    warren__budget_exhausted when_exhausted;
+} warren__budget_cfg;
+
 typedef struct {
     int max_attempts; /* counting the first delivery; >= 1 */
     warren__retry_mode mode;
     warren__backoff_cfg backoff;
     uint32_t max_age_s; /* 0: no limit */
+    warren__budget_cfg budget;
 } warren__retry_cfg;
 
 typedef struct {
@@ -73,6 +93,7 @@ typedef struct {
     uint32_t window_s;
     uint32_t open_s;
     uint32_t half_open_max;
+    char *fallback; /* handler spec run while open; NULL: pause instead */
 } warren__breaker_cfg;
 
 typedef struct {

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "msgid.h"
 #include "ratelimit.h"
+#include "retrybudget.h"
 #include "session.h"
 #include "store.h"
 #include "topology.h"
@@ -107,6 +108,7 @@ typedef struct {
     int published; /* a copy went out in this batch */
     char reason[WARREN__ERROR_MAX + 1];
     const char *outcome; /* for logs */
+    const char *handler; /* "primary", "fallback"; NULL if none ran */
 } item;
 
 struct warren_worker {
@@ -118,6 +120,7 @@ struct warren_worker {
     char *fn_arg;
 
     warren__handler *handler;
+    warren__handler *fallback; /* breaker.fallback; NULL: pause instead */
     warren__store *store;
     warren__session *sess;
     warren_ctx ctx;
@@ -131,6 +134,7 @@ struct warren_worker {
     warren__wstats *ws; /* &own_stats, or a slot shared with `warren run` */
     warren__breaker breaker;
     warren__ratelimit rate;
+    warren__retrybudget budget;
 
     /* Two halves of batch_max each: while batch N settles, batch N+1 is
      * already read and claimed in the other (see claim_next()). `slots`,
@@ -414,10 +418,14 @@ static void log_item(warren_worker *w, const struct warren_msg *m,
                      const item *it, warren_log_level level, int64_t ms) {
     warren__log_fields f = {"message",   w->c->queue, it->id[0] ? it->id : NULL,
                             it->outcome, it->attempt, ms};
+    char via[32] = ""; /* which handler ran, once there are two */
+    if (w->fallback && it->handler) {
+        snprintf(via, sizeof via, " (handler %s)", it->handler);
+    }
     if (it->reason[0]) {
-        warren__log(level, &f, "%s: %s", it->outcome, it->reason);
+        warren__log(level, &f, "%s%s: %s", it->outcome, via, it->reason);
     } else {
-        warren__log(level, &f, "%s", it->outcome);
+        warren__log(level, &f, "%s%s", it->outcome, via);
     }
     (void)m;
 }
@@ -433,6 +441,9 @@ static void decide_failure(warren_worker *w, item *it, warren_result r,
         it->fate = FATE_DEAD;
         return;
     }
+    /* A failure a retry could follow costs a budget token (DEAD, a
+     * permanent failure, does not: gRPC's fatal status codes). */
+    int within_budget = warren__retrybudget_failure(&w->budget);
     int64_t now = warren__now_ms();
     if (it->first_failed_at_ms == 0) {
         it->first_failed_at_ms = now;
@@ -454,6 +465,30 @@ static void decide_failure(warren_worker *w, item *it, warren_result r,
                  (long long)((now - it->first_failed_at_ms) / 1000),
                  rc->max_age_s, last);
         it->fate = FATE_DEAD;
+        return;
+    }
+    /* In pause mode a failure of the fallback still retries: the breaker
+     * is open already, and a message handed back would come straight back
+     * to the fallback. */
+    int by_fallback =
+        it->handler != NULL && strcmp(it->handler, "fallback") == 0;
+    if (!within_budget &&
+        (rc->budget.when_exhausted == WARREN__BUDGET_DEAD || !by_fallback)) {
+        char last[WARREN__ERROR_MAX + 1];
+        snprintf(last, sizeof last, "%s", it->reason);
+        snprintf(it->reason, sizeof it->reason,
+                 "retry budget exhausted (%.1f of %.0f tokens, retries stop "
+                 "at half): %s",
+                 w->budget.tokens, w->budget.max_tokens, last);
+        if (rc->budget.when_exhausted == WARREN__BUDGET_DEAD) {
+            it->fate = FATE_DEAD;
+        } else {
+            /* Back to the queue as it came, no attempt spent, and the
+             * worker stops taking messages for breaker.open_s. */
+            it->fate = FATE_REQUEUE;
+            warren__breaker_trip(&w->breaker, warren__mono_ms(),
+                                 "retry budget exhausted");
+        }
         return;
     }
     it->fate = FATE_RETRY;
@@ -708,6 +743,12 @@ static void publish_breaker(warren_worker *w) {
         &w->ws->breaker_opened,
         warren__breaker_transitions(&w->breaker, WARREN__BREAKER_OPEN),
         memory_order_relaxed);
+    for (int to = 0; to < 3; to++) {
+        atomic_store_explicit(
+            &w->ws->breaker_transitions[to],
+            warren__breaker_transitions(&w->breaker, (warren__breaker_state)to),
+            memory_order_relaxed);
+    }
 }
 
 /* Step 2: handlers. */
@@ -724,14 +765,25 @@ static void run_handlers(warren_worker *w, int n) {
             continue;
         }
         int allowed = warren__breaker_allow(&w->breaker, warren__mono_ms());
+        uint64_t generation = warren__breaker_generation(&w->breaker);
         publish_breaker(w);
-        if (!allowed) {
+        if (!allowed && w->fallback == NULL) {
             /* The breaker opened during this batch: the rest waits in the
              * queue, its claims released, no attempt spent. */
             it->fate = FATE_REQUEUE;
             continue;
         }
+        /* Open with a fallback: it runs instead, with the same result
+         * semantics, and its outcomes say nothing to the breaker. */
+        warren__handler *h = allowed ? w->handler : w->fallback;
+        it->handler = allowed ? "primary" : "fallback";
         if (wait_for_token(w) != 0) {
+            if (allowed) { /* neither success nor failure */
+                warren__breaker_done(&w->breaker, generation,
+                                     WARREN__BREAKER_CANCELLED,
+                                     warren__mono_ms());
+            }
+            it->handler = NULL;
             it->fate = FATE_REQUEUE;
             continue;
         }
@@ -755,20 +807,29 @@ static void run_handlers(warren_worker *w, int n) {
          * thread keeps heartbeats going meanwhile, and this thread leaves
          * the connection alone until end(). */
         warren__session_keepalive_begin(w->sess);
-        warren_result r = warren__handler_call(w->handler, m, &w->ctx);
+        warren_result r = warren__handler_call(h, m, &w->ctx);
         warren__session_keepalive_end(w->sess);
         int64_t us = warren__mono_us() - t0_us;
         int64_t ms = us / 1000;
         atomic_store_explicit(&w->ws->handler_deadline_mono_ms, 0,
                               memory_order_relaxed);
         warren__wstats_latency(w->ws, us);
+        atomic_fetch_add_explicit(&w->ws->handler_calls[allowed ? 0 : 1], 1,
+                                  memory_order_relaxed);
         if (r != WARREN_ACK) {
             atomic_fetch_add_explicit(&w->ws->handler_failures, 1,
                                       memory_order_relaxed);
+        } else {
+            warren__retrybudget_success(&w->budget);
         }
         /* A timed-out exec handler comes back as RETRY: every result but
          * ACK is a failure to the breaker. */
-        warren__breaker_record(&w->breaker, r != WARREN_ACK, t0 + ms);
+        if (allowed) {
+            warren__breaker_done(&w->breaker, generation,
+                                 r != WARREN_ACK ? WARREN__BREAKER_FAILED
+                                                 : WARREN__BREAKER_SUCCEEDED,
+                                 t0 + ms);
+        }
         publish_breaker(w);
         if (w->ctx.db_used) {
             if (r == WARREN_ACK) {
@@ -1185,7 +1246,8 @@ static int fill_batch(warren_worker *w, int from, int max) {
  * breaker is open (the loop must pause first). */
 static int may_pipeline(warren_worker *w) {
     return !w->stop &&
-           warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) == 0;
+           (w->fallback != NULL ||
+            warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) == 0);
 }
 
 /* Group commit. Batch N's outcomes are recorded in an open transaction;
@@ -1350,6 +1412,10 @@ static int load_handler(warren_worker *w) {
         rc = warren__handler_load(w->c->handler, &w->ctx, &w->handler, err,
                                   sizeof err);
     }
+    if (rc == 0 && w->c->breaker.fallback != NULL) {
+        rc = warren__handler_load(w->c->breaker.fallback, &w->ctx, &w->fallback,
+                                  err, sizeof err);
+    }
     if (rc != 0) {
         set_err(w, "consumer '%s': %s", w->c->queue, err);
     }
@@ -1496,7 +1562,8 @@ static int consume_loop(warren_worker *w) {
     use_half(w, 0);
     while (!w->stop || n > 0) {
         if (n == 0) {
-            if (warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
+            if (w->fallback == NULL &&
+                warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
                 flush_acks(w);
                 return BREAKER_PAUSE;
             }
@@ -1574,6 +1641,7 @@ int warren_worker_run(warren_worker *w) {
     use_half(w, 0);
     init_amqp_pool(&w->pool, 16384);
     warren__breaker_init(&w->breaker, &w->c->breaker, w->c->queue);
+    warren__retrybudget_init(&w->budget, &w->c->retry.budget);
     /* "Across the pool": each of the consumer's workers takes an equal
      * share. Workers that idle leave theirs unused, so a pool whose work
      * is uneven stays under the limit rather than reaching it. */
@@ -1655,6 +1723,8 @@ int warren_worker_run(warren_worker *w) {
     }
     warren__handler_free(w->handler);
     w->handler = NULL;
+    warren__handler_free(w->fallback);
+    w->fallback = NULL;
     warren__store_close(w->store);
     w->store = NULL;
     empty_amqp_pool(&w->pool);

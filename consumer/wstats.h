@@ -41,6 +41,10 @@ typedef struct warren__wstats {
      * The supervisor ends the worker once now passes it plus a grace. */
     _Atomic int64_t handler_deadline_mono_ms;
     _Atomic int64_t pid; /* the worker process writing here */
+    /* Handler calls by handler: [0] primary, [1] breaker.fallback. */
+    _Atomic uint64_t handler_calls[2];
+    /* Transitions into each warren__breaker_state (closed, open, half). */
+    _Atomic uint64_t breaker_transitions[3];
 } warren__wstats;
 
 /* Makes `w` write its figures into `slot` (borrowed: must outlive `w`;

@@ -8,10 +8,14 @@
  */
 #include "itest.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -411,6 +415,211 @@ static void test_rate_limit_is_shared_by_two_workers(void **st) {
     rate_run("rate2", 2);
 }
 
+/* The fallback: records each message it ran and acks it, as a handler
+ * parking messages elsewhere would. */
+static const char *parking =
+    "#!/bin/sh\n"
+    "echo \"$WARREN_MESSAGE_ID\" >> \"$FALLBACK_FILE\"\n";
+
+typedef struct {
+    const char *a, *b;
+    long want;
+} union_arg;
+
+/* Lines in two files together (either may not exist yet). */
+static long lines_of_both(const char *a, const char *b) {
+    long na = itest_count_lines(a), nb = itest_count_lines(b);
+    return (na > 0 ? na : 0) + (nb > 0 ? nb : 0);
+}
+
+static int both_have(void *arg) {
+    union_arg *u = arg;
+    return lines_of_both(u->a, u->b) >= u->want;
+}
+
+/* A port the kernel just handed out, for "metrics.listen". */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* The value of `series` (name and labels, exactly as rendered) in a
+ * /metrics scrape over a plain socket, or -1. */
+static double scrape_sample(int port, const char *series) {
+    static char resp[262144];
+    static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    struct timeval tv = {5, 0};
+    size_t got = 0;
+    char key[512];
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
+        close(fd);
+        return -1;
+    }
+    for (;;) {
+        ssize_t r = read(fd, resp + got, sizeof resp - 1 - got);
+        if (r <= 0) {
+            break;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    resp[got] = '\0';
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *p = strstr(resp, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+typedef struct {
+    fx *f;
+    int published;
+} trickle_arg;
+
+/* Publishes one more message per poll until the breaker has closed: a
+ * breaker moves to half-open only when a message asks to run. */
+static int trickle_until_closed(void *arg) {
+    trickle_arg *t = arg;
+    char id[64];
+    if (breaker_logged(t->f, "closed") >= 1) {
+        return 1;
+    }
+    snprintf(id, sizeof id, "after-%d", t->published++);
+    itest_publish(t->f->conn, "", t->f->queue, id, "{}", 2);
+    return 0;
+}
+
+/* Issue 14 section 2. With breaker.fallback, an open breaker no longer
+ * pauses: every message runs the fallback instead of the primary. While
+ * the dependency is down, each message goes to the fallback exactly once
+ * (none lost, none doubled), and the primary runs only for the failures
+ * that opened the breaker and one trial per half-open; once the dependency
+ * is back the breaker closes and the primary takes over. */
+static void test_breaker_fallback_runs_each_message_once_while_open(void **st) {
+    (void)st;
+    fx f;
+    const int n = 200, m = 50;
+    char fallback[512], fbfile[512], text[4096];
+    fx_setup(&f, "fallback", "{\"queue\": \"%s\", \"handler\": \"exec:%s\"}");
+    snprintf(fallback, sizeof fallback, "%s/park.sh", f.dir);
+    snprintf(fbfile, sizeof fbfile, "%s/parked", f.dir);
+    itest_write_file(fallback, parking);
+    assert_int_equal(chmod(fallback, 0700), 0);
+    setenv("FALLBACK_FILE", fbfile, 1);
+    int port = free_port();
+    snprintf(text, sizeof text,
+             "{\"store\": {\"path\": \"%s/warren.db\"},"
+             " \"metrics\": {\"listen\": \"127.0.0.1:%d\"}, \"consumers\": ["
+             "{\"queue\": \"%s\", \"handler\": \"exec:%s\", \"prefetch\": 20,"
+             " \"breaker\": {\"consecutive_failures\": 5, \"open_s\": 2,"
+             " \"half_open_max\": 1, \"fallback\": \"exec:%s\"},"
+             " \"retry\": {\"max_attempts\": 50, \"jitter\": 0,"
+             " \"backoff\": {\"kind\": \"fixed\", \"delay_ms\": 100}}}]}",
+             f.dir, port, f.queue, f.script, fallback);
+    itest_write_file(f.cfg, text);
+    itest_write_file(f.flag, "down\n");
+    itest_publish_n(f.conn, "", f.queue, "fb", n, NULL, 0);
+    fx_start(&f);
+
+    lines_arg parked = {fbfile, n};
+    if (!itest_wait_until(has_lines, &parked, 60)) {
+        dump_log(&f);
+        fail_msg("while down, only %ld of %d went to the fallback",
+                 itest_count_lines(fbfile), n);
+    }
+    /* Down all along: nothing reached the primary's effects, every message
+     * is parked exactly once, the primary ran 5 times to open the breaker
+     * and at most once per half-open (a failed trial each). */
+    long runs = itest_count_lines(f.runs);
+    long half = breaker_logged(&f, "half_open");
+    fprintf(stderr,
+            "fallback: %d parked, primary ran %ld times, %ld half-open\n", n,
+            runs, half);
+    assert_int_equal(itest_count_lines(f.effects), -1);
+    assert_int_equal(itest_count_lines(fbfile), n);
+    assert_int_equal(distinct_lines(fbfile), n);
+    if (runs < 5 || runs > 5 + half) {
+        dump_log(&f);
+        fail_msg("primary ran %ld times with %ld half-open periods: it was "
+                 "called while open",
+                 runs, half);
+    }
+    assert_true(breaker_logged(&f, "open") >= 1);
+    assert_int_equal(breaker_logged(&f, "closed"), 0);
+    /* The message events name the handler that ran. */
+    assert_true(count_lines_with(f.log, "\"event\":\"message\"",
+                                 "handler fallback") >= n);
+    assert_int_equal(
+        count_lines_with(f.log, "\"event\":\"breaker_pause\"", NULL), 0);
+    /* ... and so do the metrics. */
+    char series[512];
+    snprintf(series, sizeof series,
+             "warren_handler_calls_total{queue=\"%s\",handler=\"fallback\"}",
+             f.queue);
+    double fb_calls = scrape_sample(port, series);
+    snprintf(series, sizeof series,
+             "warren_handler_calls_total{queue=\"%s\",handler=\"primary\"}",
+             f.queue);
+    double primary_calls = scrape_sample(port, series);
+    snprintf(series, sizeof series,
+             "warren_breaker_transitions_total{queue=\"%s\",to=\"open\"}",
+             f.queue);
+    double opened = scrape_sample(port, series);
+    fprintf(stderr, "metrics: fallback %g, primary %g, opened %g\n", fb_calls,
+            primary_calls, opened);
+    assert_true(fb_calls == n);
+    assert_true(primary_calls >= 5 && primary_calls <= 5 + half + 1);
+    assert_true(opened >= 1);
+
+    /* The dependency is back: the primary takes over once a trial passes;
+     * each new message is handled once, by one handler or the other. */
+    assert_int_equal(unlink(f.flag), 0);
+    trickle_arg t = {&f, 0};
+    if (!itest_wait_until(trickle_until_closed, &t, 30)) {
+        dump_log(&f);
+        fail_msg("the breaker never closed after the dependency came back");
+    }
+    itest_publish_n(f.conn, "", f.queue, "closed", m, NULL, 0);
+    int total = n + t.published + m;
+    union_arg all = {fbfile, f.effects, total};
+    if (!itest_wait_until(both_have, &all, 60)) {
+        dump_log(&f);
+        fail_msg("not drained: %ld parked, %ld handled of %d",
+                 itest_count_lines(fbfile), itest_count_lines(f.effects),
+                 total);
+    }
+    fx_stop(&f);
+    char both[1100], cmd[1200];
+    snprintf(both, sizeof both, "%s/both", f.dir);
+    snprintf(cmd, sizeof cmd, "cat %s %s > %s", fbfile, f.effects, both);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(itest_count_lines(both), total);
+    assert_int_equal(distinct_lines(both), total);
+    /* closed: the last m all went to the primary */
+    assert_true(itest_count_lines(f.effects) >= m);
+    char dlq[192];
+    snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
+    assert_int_equal(itest_queue_depth(f.conn, dlq), 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.queue), 0);
+    unsetenv("FALLBACK_FILE");
+    fx_teardown(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_breaker_opens_holds_queue_then_closes_and_drains),
@@ -418,6 +627,8 @@ int main(void) {
             test_breaker_pauses_on_quorum_queue_stay_below_delivery_limit),
         cmocka_unit_test(test_rate_limit_200_per_s_takes_10_s_for_2000),
         cmocka_unit_test(test_rate_limit_is_shared_by_two_workers),
+        cmocka_unit_test(
+            test_breaker_fallback_runs_each_message_once_while_open),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -191,6 +191,53 @@ static void test_rng_differs_between_forked_children(void **state) {
     assert_true(got[0] != got[1]);
 }
 
+/* retry.jitter_style "full": uniform in [0, base), whatever `jitter` says,
+ * so a full-jittered delay is never longer than the un-jittered one (nor
+ * its max_ms cap). */
+static void test_full_jitter_is_uniform_in_zero_to_base(void **state) {
+    (void)state;
+    warren__backoff_cfg b = expo(1000, 2.0, 5000);
+    b.jitter_style = WARREN__JITTER_FULL;
+    b.jitter = 0.1; /* ignored */
+    assert_int_equal(warren__backoff_delay_ms(&b, 1, 0.0), 0);
+    assert_int_equal(warren__backoff_delay_ms(&b, 1, 0.5), 500);
+    assert_int_equal(warren__backoff_delay_ms(&b, 1, 0.999), 999);
+    assert_int_equal(warren__backoff_delay_ms(&b, 3, 0.25), 1000);
+    /* capped base: at most max_ms */
+    assert_int_equal(warren__backoff_delay_ms(&b, 40, 0.999), 4995);
+    assert_true(warren__backoff_delay_ms(&b, 40, 7.0) <= 5000);
+    assert_int_equal(warren__backoff_delay_ms(&b, 40, -1.0), 0);
+    /* With the real random source: inside [0, base), spread over it
+     * (mean within 10% of base / 2 over 2000 draws). */
+    double sum = 0;
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (int i = 0; i < 2000; i++) {
+        uint32_t d = warren__backoff_delay_ms(&b, 2, warren__rng_uniform());
+        assert_true(d <= 2000);
+        lo = d < lo ? d : lo;
+        hi = d > hi ? d : hi;
+        sum += d;
+    }
+    assert_true(fabs(sum / 2000 - 1000) < 100);
+    assert_true(lo < 100 && hi > 1900);
+}
+
+/* gRPC's retry policy today (gRFC A6 as revised) jitters each backoff by
+ * +-20%: that is the default style, "proportional", with jitter 0.2. */
+static void test_grpc_plus_minus_20_percent_is_proportional_0_2(void **state) {
+    (void)state;
+    warren__backoff_cfg b = expo(100, 2.0, 1000);
+    b.jitter = 0.2;
+    assert_int_equal(b.jitter_style, WARREN__JITTER_PROPORTIONAL);
+    for (int a = 1; a <= 6; a++) {
+        double base = warren__backoff_base_ms(&b, a);
+        assert_int_equal(warren__backoff_delay_ms(&b, a, 0.0),
+                         (uint32_t)llround(base * 0.8));
+        assert_int_equal(warren__backoff_delay_ms(&b, a, 0.5), (uint32_t)base);
+    }
+    assert_int_equal(warren__backoff_delay_ms(&b, 2, 0.75), 220);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exponential_doubles_then_caps_at_max),
@@ -203,6 +250,8 @@ int main(void) {
         cmocka_unit_test(test_jitter_never_exceeds_max_ms),
         cmocka_unit_test(test_rng_uniform_in_unit_interval_and_varies),
         cmocka_unit_test(test_rng_differs_between_forked_children),
+        cmocka_unit_test(test_full_jitter_is_uniform_in_zero_to_base),
+        cmocka_unit_test(test_grpc_plus_minus_20_percent_is_proportional_0_2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,8 +40,8 @@ static int setup(void **state) {
 static warren__breaker_cfg cfg(uint32_t consecutive, double ratio,
                                uint32_t window_s, uint32_t open_s,
                                uint32_t half_open_max) {
-    warren__breaker_cfg c = {consecutive, ratio, window_s, open_s,
-                             half_open_max};
+    warren__breaker_cfg c = {consecutive, ratio,         window_s,
+                             open_s,      half_open_max, NULL};
     return c;
 }
 
@@ -272,6 +272,112 @@ static void test_every_transition_is_logged_with_its_new_state(void **state) {
                         "half_open");
 }
 
+/* gobreaker parity: a half-open trial that was allowed but never ran
+ * (the worker was asked to stop while it waited for a rate-limit token)
+ * is neither a success nor a failure; its slot must come back, or the
+ * breaker stays half-open refusing everything. */
+static void test_cancelled_trial_gives_its_slot_back(void **state) {
+    (void)state;
+    warren__breaker b;
+    warren__breaker_cfg c = cfg(1, 0, 60, 10, 1);
+    warren__breaker_init(&b, &c, "q");
+    fail_n(&b, 1, 0);
+    assert_true(warren__breaker_allow(&b, 10000));
+    uint64_t gen = warren__breaker_generation(&b);
+    assert_false(warren__breaker_allow(&b, 10000)); /* the cap holds */
+    warren__breaker_done(&b, gen, WARREN__BREAKER_CANCELLED, 10001);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_HALF_OPEN);
+    assert_true(warren__breaker_allow(&b, 10001));
+    gen = warren__breaker_generation(&b);
+    warren__breaker_done(&b, gen, WARREN__BREAKER_SUCCEEDED, 10002);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_CLOSED);
+}
+
+/* A cancelled call while closed is no outcome either: it neither resets
+ * the consecutive count nor adds to it. */
+static void test_cancelled_call_while_closed_counts_for_nothing(void **state) {
+    (void)state;
+    warren__breaker b;
+    warren__breaker_cfg c = cfg(3, 0, 60, 10, 1);
+    warren__breaker_init(&b, &c, "q");
+    fail_n(&b, 2, 0);
+    for (int i = 0; i < 10; i++) {
+        assert_true(warren__breaker_allow(&b, 1));
+        warren__breaker_done(&b, warren__breaker_generation(&b),
+                             WARREN__BREAKER_CANCELLED, 1);
+    }
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_CLOSED);
+    fail_n(&b, 1, 2);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_OPEN);
+}
+
+/* gobreaker parity (generations): an outcome of a call allowed before a
+ * state change says nothing about the new state. A success of a call let
+ * through while closed, reported once the breaker is half-open, must not
+ * count as a trial and close it. */
+static void test_outcome_from_a_previous_state_is_discarded(void **state) {
+    (void)state;
+    warren__breaker b;
+    warren__breaker_cfg c = cfg(2, 0, 60, 10, 1);
+    warren__breaker_init(&b, &c, "q");
+    assert_true(warren__breaker_allow(&b, 0)); /* the stale call */
+    uint64_t stale = warren__breaker_generation(&b);
+    fail_n(&b, 2, 0);                                        /* -> open */
+    assert_int_equal(warren__breaker_wait_ms(&b, 10000), 0); /* half-open */
+    warren__breaker_done(&b, stale, WARREN__BREAKER_SUCCEEDED, 10000);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_HALF_OPEN);
+    /* nor does a stale failure re-open it */
+    warren__breaker_done(&b, stale, WARREN__BREAKER_FAILED, 10000);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_HALF_OPEN);
+    /* the real trial decides */
+    assert_true(warren__breaker_allow(&b, 10000));
+    warren__breaker_done(&b, warren__breaker_generation(&b),
+                         WARREN__BREAKER_SUCCEEDED, 10001);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_CLOSED);
+}
+
+/* The retry budget's pause: trip() opens even a breaker that is off,
+ * for open_s, and it recovers through half-open like any other. */
+static void test_trip_opens_an_off_breaker_for_open_s(void **state) {
+    (void)state;
+    warren__breaker b;
+    warren__breaker_cfg c = cfg(0, 0, 60, 5, 1);
+    warren__breaker_init(&b, &c, "q");
+    warren__breaker_trip(&b, 1000, "retry budget exhausted");
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_OPEN);
+    assert_false(warren__breaker_allow(&b, 1000));
+    assert_int_equal(warren__breaker_wait_ms(&b, 1000), 5000);
+    warren__breaker_trip(&b, 3000, "again"); /* no-op while open */
+    assert_int_equal(warren__breaker_transitions(&b, WARREN__BREAKER_OPEN), 1);
+    assert_true(warren__breaker_allow(&b, 6000)); /* half-open trial */
+    warren__breaker_record(&b, 1, 6000);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_OPEN);
+    assert_true(warren__breaker_allow(&b, 11000));
+    warren__breaker_record(&b, 0, 11000);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_CLOSED);
+    /* closed and off again: failures do not open it */
+    fail_n(&b, 100, 12000);
+    assert_int_equal(warren__breaker_state_of(&b), WARREN__BREAKER_CLOSED);
+    assert_non_null(strstr(logged[0], "retry budget exhausted"));
+}
+
+/* gobreaker's OnStateChange: every transition is one log line and one
+ * count, and each starts a new generation. */
+static void test_each_transition_is_a_new_generation(void **state) {
+    (void)state;
+    warren__breaker b;
+    warren__breaker_cfg c = cfg(1, 0, 60, 1, 1);
+    warren__breaker_init(&b, &c, "q");
+    uint64_t g0 = warren__breaker_generation(&b);
+    fail_n(&b, 1, 0);
+    assert_int_equal(warren__breaker_generation(&b), g0 + 1);
+    assert_true(warren__breaker_allow(&b, 1000));
+    assert_int_equal(warren__breaker_generation(&b), g0 + 2);
+    warren__breaker_record(&b, 0, 1000);
+    assert_int_equal(warren__breaker_generation(&b), g0 + 3);
+    assert_int_equal(n_logged, 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_off_when_both_thresholds_zero_never_opens,
@@ -298,6 +404,14 @@ int main(void) {
                                setup),
         cmocka_unit_test_setup(
             test_every_transition_is_logged_with_its_new_state, setup),
+        cmocka_unit_test_setup(test_cancelled_trial_gives_its_slot_back, setup),
+        cmocka_unit_test_setup(test_outcome_from_a_previous_state_is_discarded,
+                               setup),
+        cmocka_unit_test_setup(
+            test_cancelled_call_while_closed_counts_for_nothing, setup),
+        cmocka_unit_test_setup(test_trip_opens_an_off_breaker_for_open_s,
+                               setup),
+        cmocka_unit_test_setup(test_each_transition_is_a_new_generation, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

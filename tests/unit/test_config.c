@@ -632,6 +632,77 @@ static void test_delivery_limit_defaults_above_poison_cap(void **state) {
                            "consumers[0].delivery_limit"));
 }
 
+/* Issue 14 section 2: breaker.fallback takes any handler kind, is checked
+ * like "handler", and is absent (NULL: pause) by default. */
+static void test_breaker_fallback_is_read_and_checked(void **state) {
+    (void)state;
+    warren_config *cfg = parse_ok(with_consumer(""));
+    assert_null(cfg->consumers[0].breaker.fallback);
+    warren_config_free(cfg);
+    cfg = parse_ok(with_consumer("\"breaker\":{\"consecutive_failures\":5,"
+                                 "\"fallback\":\"exec:/bin/true park\"}"));
+    assert_string_equal(cfg->consumers[0].breaker.fallback,
+                        "exec:/bin/true park");
+    assert_int_equal(cfg->consumers[0].breaker.consecutive_failures, 5);
+    warren_config_free(cfg);
+    assert_non_null(strstr(
+        parse_err(with_consumer("\"breaker\":{\"fallback\":\"park.sh\"}")),
+        "t.json: consumers[0].breaker.fallback: expected a handler starting "
+        "with \"exec:\", \"plugin:\" or \"builtin:\", got \"park.sh\""));
+    assert_non_null(
+        strstr(parse_err(with_consumer("\"breaker\":{\"fallback\":3}")),
+               "consumers[0].breaker.fallback"));
+    assert_non_null(
+        strstr(parse_err(with_consumer("\"breaker\":{\"fallback\":\"exec:\"}")),
+               "consumers[0].breaker.fallback"));
+}
+
+/* Issue 14 section 3: retry.jitter_style ("proportional" by default, or
+ * "full") and retry.budget (off by default; gRPC's example figures when
+ * given empty). */
+static void test_retry_jitter_style_and_budget_are_read(void **state) {
+    (void)state;
+    warren_config *cfg = parse_ok(with_consumer(""));
+    const warren__retry_cfg *r = &cfg->consumers[0].retry;
+    assert_int_equal(r->backoff.jitter_style, WARREN__JITTER_PROPORTIONAL);
+    assert_true(r->budget.max_tokens == 0);
+    warren_config_free(cfg);
+    cfg = parse_ok(with_consumer("\"retry\":{\"jitter_style\":\"full\","
+                                 "\"budget\":{}}"));
+    r = &cfg->consumers[0].retry;
+    assert_int_equal(r->backoff.jitter_style, WARREN__JITTER_FULL);
+    assert_true(r->budget.max_tokens == 10);
+    assert_true(r->budget.token_ratio == 0.1);
+    assert_int_equal(r->budget.when_exhausted, WARREN__BUDGET_DEAD);
+    warren_config_free(cfg);
+    cfg = parse_ok(with_consumer(
+        "\"retry\":{\"budget\":{\"max_tokens\":100,\"token_ratio\":0.5,"
+        "\"when_exhausted\":\"pause\"}}"));
+    r = &cfg->consumers[0].retry;
+    assert_true(r->budget.max_tokens == 100);
+    assert_true(r->budget.token_ratio == 0.5);
+    assert_int_equal(r->budget.when_exhausted, WARREN__BUDGET_PAUSE);
+    warren_config_free(cfg);
+    assert_non_null(
+        strstr(parse_err(with_consumer("\"retry\":{\"jitter_style\":\"x\"}")),
+               "t.json: consumers[0].retry.jitter_style: expected one of "
+               "\"proportional\", \"full\""));
+    assert_non_null(strstr(
+        parse_err(with_consumer("\"retry\":{\"budget\":{\"max_tokens\":0}}")),
+        "consumers[0].retry.budget.max_tokens"));
+    assert_non_null(strstr(
+        parse_err(with_consumer("\"retry\":{\"budget\":{\"token_ratio\":2}}")),
+        "consumers[0].retry.budget.token_ratio"));
+    assert_non_null(strstr(
+        parse_err(
+            with_consumer("\"retry\":{\"budget\":{\"when_exhausted\":\"x\"}}")),
+        "consumers[0].retry.budget.when_exhausted: expected one of \"dead\", "
+        "\"pause\""));
+    assert_non_null(strstr(
+        parse_err(with_consumer("\"retry\":{\"budget\":{\"tokens\":1}}")),
+        "consumers[0].retry.budget"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_issue_example_parses_with_every_default),
@@ -657,6 +728,8 @@ int main(void) {
         cmocka_unit_test(test_readable_config_with_password_logs_warning),
         cmocka_unit_test(test_mutated_inputs_never_crash),
         cmocka_unit_test(test_delivery_limit_defaults_above_poison_cap),
+        cmocka_unit_test(test_breaker_fallback_is_read_and_checked),
+        cmocka_unit_test(test_retry_jitter_style_and_budget_are_read),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
