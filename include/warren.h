@@ -115,6 +115,11 @@ const char *warren_log_event_outcome(const warren_log_event *ev);
 int64_t warren_log_event_attempt(const warren_log_event *ev);
 int64_t warren_log_event_ms(const warren_log_event *ev);
 warren_log_level warren_log_event_level(const warren_log_event *ev);
+/* Event "handler_output" (a line an exec handler printed): "stdout" or
+ * "stderr", else NULL; and 1 if the line was cut or output was dropped at
+ * the caps, else 0. */
+const char *warren_log_event_stream(const warren_log_event *ev);
+int warren_log_event_truncated(const warren_log_event *ev);
 
 typedef void (*warren_log_fn)(const warren_log_event *ev, void *user);
 
