@@ -11,6 +11,7 @@
 #include "itest.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -630,6 +631,69 @@ test_sighup_replaces_a_rebuilt_plugin_and_all_workers_on_a_store_change(
 }
 
 static void
+test_exec_output_leaves_the_worker_log_one_json_object_per_line(void **state) {
+    (void)state;
+    fx f;
+    char script[600], consumer[1400];
+    fx_setup(&f, "output");
+    snprintf(script, sizeof script, "%s/chatty.sh", f.dir);
+    /* Both streams; quotes, escapes, invalid UTF-8, a NUL, a line without
+     * an end; then 10 MiB on stdout. The result must stay "ack". */
+    itest_write_file(script,
+                     "#!/bin/sh\n"
+                     "printf 'out \"q\" {\\\\\"j\\\\\": 1}\\n'\n"
+                     "printf 'err \\033[1m\\t\\377\\376 \\000 x\\r\\n' >&2\n"
+                     "yes 'ten mebibytes of output' | head -c 10485760\n"
+                     "printf 'no end' >&2\n"
+                     "exit 0\n");
+    assert_int_equal(chmod(script, 0700), 0);
+    snprintf(consumer, sizeof consumer,
+             "{\"queue\": \"%%s\", \"handler\": \"exec:%s\"}", script);
+    fx_config(&f, consumer);
+    itest_publish_n(f.conn, "", f.qa, "o", 3, NULL, 0);
+    fx_start(&f);
+    wait_metric(&f, "warren_messages_acked_total", f.qa, 3, 60);
+    assert_true(scrape(&f, "warren_handler_failures_total", f.qa) == 0);
+    int status = itest_terminate(f.pid, 20);
+    f.pid = 0;
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    FILE *fp = fopen(f.log, "r");
+    assert_non_null(fp);
+    static char line[1 << 16];
+    long n = 0, out = 0, err = 0, cut = 0;
+    while (fgets(line, sizeof line, fp)) {
+        n++;
+        size_t len = strlen(line);
+        assert_true(len > 0 && line[len - 1] == '\n');
+        cJSON *o = cJSON_Parse(line);
+        if (o == NULL || !cJSON_IsObject(o)) {
+            fail_msg("log line %ld is not a JSON object: %.200s", n, line);
+        }
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
+        if (cJSON_IsString(ev) &&
+            strcmp(ev->valuestring, "handler_output") == 0) {
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "stream");
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "message_id");
+            assert_true(cJSON_IsString(st) && cJSON_IsString(id));
+            assert_int_equal(strncmp(id->valuestring, "o-", 2), 0);
+            out += strcmp(st->valuestring, "stdout") == 0;
+            err += strcmp(st->valuestring, "stderr") == 0;
+            cut +=
+                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "truncated"));
+        }
+        cJSON_Delete(o);
+    }
+    fclose(fp);
+    /* Per message: stderr's two lines; stdout capped at 64 KiB of lines
+     * (~2700 of these), then one "not logged" line each. */
+    assert_int_equal(err, 3 * 2);
+    assert_true(out >= 3 * 100 && out <= 3 * 3000);
+    assert_int_equal(cut, 3);
+    fx_teardown(&f);
+}
+
+static void
 test_store_locked_at_start_restarts_the_worker_not_the_pool(void **state) {
     (void)state;
     fx f;
@@ -682,6 +746,8 @@ int main(void) {
             test_sighup_replaces_a_rebuilt_plugin_and_all_workers_on_a_store_change),
         cmocka_unit_test(
             test_store_locked_at_start_restarts_the_worker_not_the_pool),
+        cmocka_unit_test(
+            test_exec_output_leaves_the_worker_log_one_json_object_per_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
