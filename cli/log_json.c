@@ -1,6 +1,7 @@
 /*
  * log_json.c - the `warren` command's logger: one JSON object per line on
- * stderr (ts, level, event, queue, message_id, attempt, outcome, ms, msg),
+ * stderr (ts, level, event, queue, message_id, attempt, outcome, ms, msg;
+ * stream and truncated for a handler's output),
  * written with a single write() so lines from several worker processes
  * sharing stderr never interleave. Text arrives already redacted.
  */
@@ -63,6 +64,10 @@ static void json_logger(const warren_log_event *ev, void *user) {
     }
     if (warren_log_event_ms(ev) >= 0) {
         cJSON_AddNumberToObject(o, "ms", (double)warren_log_event_ms(ev));
+    }
+    if (warren_log_event_stream(ev)) {
+        cJSON_AddStringToObject(o, "stream", warren_log_event_stream(ev));
+        cJSON_AddBoolToObject(o, "truncated", warren_log_event_truncated(ev));
     }
     cJSON_AddStringToObject(o, "msg", warren_log_event_text(ev));
     char *line = cJSON_PrintUnformatted(o);

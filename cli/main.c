@@ -40,7 +40,10 @@ static const char *usage_main =
     "  8  message store unusable (corrupt, full, locked, read-only)\n"
     "  9  TLS setup or peer verification failed\n"
     "  10 some items of a batch operation failed\n"
-    "  11 run: metrics.listen cannot be bound (port in use)\n";
+    "  11 run: metrics.listen cannot be bound (port in use)\n"
+    "warren run stops with: 2 7 8 (whenever a worker meets them); 3 4 5 6 9\n"
+    "(in the pool's first 10 s; later they are retried); a worker that fails\n"
+    "otherwise, or finds the store locked, is restarted with backoff.\n";
 
 static const char *usage_run =
     "usage: warren run -c FILE [--workers N] [--log-level LEVEL]\n"
@@ -50,8 +53,9 @@ static const char *usage_run =
     "its own connection and store handle, supervised and restarted with\n"
     "backoff if one dies. SIGTERM/SIGINT: finish the messages in hand, "
     "commit,\n"
-    "ack, close, exit 0. SIGHUP: re-read FILE and replace the workers one at\n"
-    "a time (an invalid FILE is refused, the pool keeps running). With\n"
+    "ack, close, exit 0. SIGHUP: re-read FILE and replace, one at a time, the\n"
+    "workers of consumers whose config changed (all of them if broker or\n"
+    "store did; an invalid FILE is refused, the pool keeps running). With\n"
     "metrics.listen, Prometheus metrics are served on /metrics. Logs are\n"
     "JSON lines on stderr; LEVEL is debug, info (default, or\n"
     "$WARREN_LOG_LEVEL), warn or error.\n";
@@ -125,34 +129,7 @@ void cli_error(const char *fmt, ...) {
 }
 
 int cli_exit_code(int err) {
-    switch (err) {
-    case WARREN_ERR_OK:
-    case WARREN_ERR_STOPPED:
-        return EXIT_OK;
-    case WARREN_ERR_CONFIG:
-    case WARREN_ERR_INVAL:
-        return EXIT_USAGE;
-    case WARREN_ERR_CONNECT:
-    case WARREN_ERR_TIMEOUT:
-        return EXIT_UNREACHABLE;
-    case WARREN_ERR_AUTH:
-        return EXIT_AUTH;
-    case WARREN_ERR_VHOST:
-        return EXIT_VHOST;
-    case WARREN_ERR_PRECONDITION:
-        return EXIT_TOPOLOGY;
-    case WARREN_ERR_HANDLER:
-        return EXIT_HANDLER;
-    case WARREN_ERR_STORE:
-    case WARREN_ERR_STORE_BUSY:
-    case WARREN_ERR_STORE_FULL:
-    case WARREN_ERR_STORE_CORRUPT:
-        return EXIT_STORE;
-    case WARREN_ERR_TLS:
-        return EXIT_TLS;
-    default:
-        return EXIT_FAILURE_RUNTIME;
-    }
+    return warren_err_exit_code(err); /* the table in warren.h */
 }
 
 warren_config *cli_load_config(const char *path) {

@@ -5,22 +5,27 @@
  * The supervisor holds no broker connection and no store handle, so it has
  * nothing to lose when a worker dies: it restarts the worker with backoff
  * (the broker redelivers what that worker had unacked, and the store's
- * poison detection bounds crash loops). A worker that exits with a
- * configuration-class error (bad config, auth, topology, handler, store)
- * would fail the same way again: the pool stops with that exit code.
+ * poison detection bounds crash loops). Which errors stop the pool comes
+ * from the one table in warren.h (warren_err_fatal): a worker exits with
+ * its error's exit code only for those (ALWAYS, or AT_START early in the
+ * pool's life), else with EXIT_FAILURE_RUNTIME, and the supervisor stops
+ * the pool on any code but those two.
  * SIGTERM/SIGINT: forwarded once as SIGTERM; workers finish the message in
  * hand, commit, ack and exit. A second signal, or the grace running out,
  * kills them (their unacked messages are redelivered).
  * Each worker writes its live figures into a slot of memory shared with the
  * supervisor (metrics.c), which serves them on /metrics and reads them to
  * end a worker whose in-process handler overstays its deadline. SIGHUP
- * re-reads the config and replaces the workers one at a time; a config
- * that does not load leaves the pool untouched.
+ * re-reads the config and replaces, one at a time, the workers of the
+ * consumers whose configuration changed (all of them if the broker or
+ * store section did, or a plugin file was rebuilt); a config that does not
+ * load leaves the pool untouched.
  */
 #include "cli.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <signal.h>
@@ -28,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,6 +62,7 @@ typedef struct {
     int64_t kill_at_ms;    /* retiring: SIGKILL once past this */
     int retiring;          /* SIGTERMed by a reload: not restarted */
     int overdue;           /* SIGKILLed for an overdue handler */
+    char plugin[64];       /* its plugin file when started (handler_stamp) */
 } child;
 
 /* Everything the supervisor owns. kids[i] runs on shared slot i. */
@@ -106,8 +113,27 @@ static void install(int sig, void (*fn)(int)) {
     sigaction(sig, &sa, NULL);
 }
 
+/* A worker's exit code, from the error table: the error's own code when it
+ * stops the pool, EXIT_FAILURE_RUNTIME ("restart me") when it does not.
+ * AT_START errors reach here only before this worker's first connection
+ * (after it, the worker retries them itself); they stop the pool only in
+ * its first EARLY_MS, when they are the operator's mistake, not a restarted
+ * worker meeting a passing state. */
+static int worker_exit_code(int rc, int64_t pool_age_ms) {
+    int fatal = warren_err_fatal(rc);
+    if (rc == 0) {
+        return EXIT_OK;
+    }
+    if (fatal == WARREN_FATAL_ALWAYS ||
+        (fatal == WARREN_FATAL_AT_START && pool_age_ms < EARLY_MS)) {
+        return cli_exit_code(rc);
+    }
+    return EXIT_FAILURE_RUNTIME;
+}
+
 /* The body of a worker process. Returns its exit code. */
-static int worker_main(warren_config *cfg, int index, warren__wstats *slot) {
+static int worker_main(warren_config *cfg, int index, warren__wstats *slot,
+                       int64_t pool_t0) {
     install(SIGTERM, on_worker_signal);
     /* The supervisor forwards SIGTERM: a terminal's Ctrl-C reaching the
      * whole process group must not count as a second signal here. */
@@ -149,7 +175,7 @@ static int worker_main(warren_config *cfg, int index, warren__wstats *slot) {
             (unsigned long long)warren_worker_stat(w, WARREN_STAT_DUPLICATE));
     }
     warren_worker_free(w);
-    return cli_exit_code(rc);
+    return worker_exit_code(rc, warren__mono_ms() - pool_t0);
 }
 
 static const char *queue_of(const child *c) {
@@ -160,8 +186,43 @@ static double grace_s(const pool *p) {
     return p->cfg->shutdown_grace_s;
 }
 
+/* A plugin's file as stat() sees it (device, inode, size, mtime), so that a
+ * reload can tell a rebuilt plugin from the one a worker has loaded; "" for
+ * other kinds (an exec program is run afresh for each message). The file
+ * name is found as plugin.c finds it: up to the last ':' of the first
+ * word. */
+static void handler_stamp(const char *handler, char *out, size_t len) {
+    struct stat sb;
+    char path[PATH_MAX];
+    out[0] = '\0';
+    if (strncmp(handler, "plugin:", 7) != 0) {
+        return;
+    }
+    const char *rest = handler + 7, *colon = NULL;
+    size_t word = strcspn(rest, " \t");
+    for (const char *q = rest; q < rest + word; q++) {
+        if (*q == ':') {
+            colon = q;
+        }
+    }
+    if (colon == NULL) {
+        return;
+    }
+    snprintf(path, sizeof path, "%.*s", (int)(colon - rest), rest);
+    if (stat(path, &sb) != 0) {
+        snprintf(out, len, "none");
+        return;
+    }
+    snprintf(out, len, "%llx:%llx:%llx:%lld.%09ld",
+             (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino,
+             (unsigned long long)sb.st_size, (long long)sb.st_mtim.tv_sec,
+             (long)sb.st_mtim.tv_nsec);
+}
+
 static pid_t spawn(pool *p, int slot) {
     child *c = &p->kids[slot];
+    handler_stamp(c->cfg->consumers[c->consumer].handler, c->plugin,
+                  sizeof c->plugin);
     pthread_mutex_lock(&p->view.lock);
     p->view.slot_series[slot] = cli_view_series(&p->view, queue_of(c));
     pthread_mutex_unlock(&p->view.lock);
@@ -172,7 +233,7 @@ static pid_t spawn(pool *p, int slot) {
             close(cli_http_fd(p->http));
         }
         install(SIGTERM, SIG_DFL);
-        _exit(worker_main(c->cfg, c->consumer, &p->view.slots[slot]));
+        _exit(worker_main(c->cfg, c->consumer, &p->view.slots[slot], p->t0));
     }
     if (pid > 0) {
         pthread_mutex_lock(&p->view.lock);
@@ -186,13 +247,8 @@ static pid_t spawn(pool *p, int slot) {
     return pid;
 }
 
-/* Forgets a child that will not run again, and any configuration no
- * child runs any more. */
-static void free_entry(pool *p, int slot) {
-    memset(&p->kids[slot], 0, sizeof p->kids[slot]);
-    pthread_mutex_lock(&p->view.lock);
-    p->view.slot_series[slot] = -1;
-    pthread_mutex_unlock(&p->view.lock);
+/* Frees every earlier configuration no child runs any more. */
+static void free_unused_gens(pool *p) {
     for (int g = 0; g < p->n_old; g++) {
         int refs = 0;
         for (int i = 0; i < CLI_MAX_SLOTS && !refs; i++) {
@@ -203,6 +259,16 @@ static void free_entry(pool *p, int slot) {
             p->old[g--] = p->old[--p->n_old];
         }
     }
+}
+
+/* Forgets a child that will not run again, and any configuration no
+ * child runs any more. */
+static void free_entry(pool *p, int slot) {
+    memset(&p->kids[slot], 0, sizeof p->kids[slot]);
+    pthread_mutex_lock(&p->view.lock);
+    p->view.slot_series[slot] = -1;
+    pthread_mutex_unlock(&p->view.lock);
+    free_unused_gens(p);
 }
 
 static int add_child(pool *p, int consumer) {
@@ -218,21 +284,10 @@ static int add_child(pool *p, int consumer) {
     return -1;
 }
 
-static int is_fatal(int code, int64_t pool_age_ms) {
-    switch (code) {
-    case EXIT_USAGE:
-    case EXIT_AUTH:
-    case EXIT_VHOST:
-    case EXIT_TOPOLOGY:
-    case EXIT_HANDLER:
-    case EXIT_STORE:
-    case EXIT_TLS:
-        return 1;
-    case EXIT_UNREACHABLE:
-        return pool_age_ms < EARLY_MS;
-    default:
-        return 0;
-    }
+/* A worker chose its exit code with worker_exit_code(): anything but "ok"
+ * and "restart me" stops the pool. */
+static int is_fatal(int code) {
+    return code != EXIT_OK && code != EXIT_FAILURE_RUNTIME;
 }
 
 static void describe(int status, char *out, size_t len) {
@@ -288,7 +343,7 @@ static void on_exit_child(pool *p, int slot, int status, int *stopping,
         free_entry(p, slot); /* being replaced anyway */
         return;
     }
-    if (code >= 0 && is_fatal(code, now - p->t0)) {
+    if (code >= 0 && is_fatal(code)) {
         *exit_code = code;
         *stopping = 1;
         free_entry(p, slot);
@@ -434,18 +489,59 @@ static void begin_reload(pool *p) {
                     "(restart with an empty queue to change it safely)",
                     p->path, p->cfg->store.path, ncfg->store.path);
     }
-    p->old[p->n_old++] = p->cfg;
-    p->cfg = ncfg;
-    set_store_path(p);
+    /* A consumer keeps its workers if its queue, its parsed config, the
+     * broker and store sections and (a plugin) its file are all the same:
+     * they move to the new generation as they are. */
+    int globals = warren__config_worker_globals_equal(p->cfg, ncfg);
+    int old = 0, kept = 0;
+    char stamp[sizeof p->kids[0].plugin];
     p->n_plan = 0;
     for (int i = 0; i < ncfg->n_consumers; i++) {
-        for (int j = 0; j < ncfg->consumers[i].workers; j++) {
-            p->plan[p->n_plan++] = i;
+        const warren__consumer_cfg *nc = &ncfg->consumers[i];
+        int keep = 0;
+        for (int j = 0; globals && j < p->cfg->n_consumers && !keep; j++) {
+            keep = strcmp(p->cfg->consumers[j].queue, nc->queue) == 0 &&
+                   warren__config_consumer_equal(&p->cfg->consumers[j], nc);
+        }
+        handler_stamp(nc->handler, stamp, sizeof stamp);
+        for (int s = 0; keep && s < CLI_MAX_SLOTS; s++) {
+            const child *c = &p->kids[s];
+            keep = !(c->used && !c->retiring && c->cfg == p->cfg &&
+                     strcmp(queue_of(c), nc->queue) == 0 && c->pid > 0 &&
+                     strcmp(c->plugin, stamp) != 0);
+        }
+        if (!keep) {
+            for (int j = 0; j < nc->workers; j++) {
+                p->plan[p->n_plan++] = i;
+            }
+            continue;
+        }
+        for (int s = 0; s < CLI_MAX_SLOTS; s++) {
+            child *c = &p->kids[s];
+            if (c->used && !c->retiring && c->cfg == p->cfg &&
+                strcmp(queue_of(c), nc->queue) == 0) {
+                c->cfg = ncfg;
+                c->consumer = i;
+                kept++;
+            }
         }
     }
-    int old = 0;
     for (int i = 0; i < CLI_MAX_SLOTS; i++) {
-        old += p->kids[i].used && !p->kids[i].retiring;
+        old +=
+            p->kids[i].used && !p->kids[i].retiring && p->kids[i].cfg == p->cfg;
+    }
+    p->old[p->n_old++] = p->cfg;
+    p->cfg = ncfg;
+    free_unused_gens(p);
+    set_store_path(p);
+    if (p->n_plan == 0 && old == 0) {
+        warren__log(
+            WARREN_LOG_INFO,
+            &(warren__log_fields){"reload_unchanged", NULL, NULL, NULL, -1, -1},
+            "SIGHUP: %s re-read; no consumer changed: the %d workers "
+            "keep running",
+            p->path, kept);
+        return;
     }
     p->reloading = 1;
     p->next_plan = 0;
@@ -453,8 +549,8 @@ static void begin_reload(pool *p) {
     warren__log(WARREN_LOG_INFO,
                 &(warren__log_fields){"reload", NULL, NULL, NULL, -1, -1},
                 "SIGHUP: %s re-read; replacing %d workers with %d, one at "
-                "a time",
-                p->path, old, n);
+                "a time; %d workers of unchanged consumers keep running",
+                p->path, old, p->n_plan, kept);
 }
 
 static void retire(pool *p, int slot, int64_t now) {

@@ -1413,3 +1413,75 @@ const char *warren_config_consumer_queue(const warren_config *cfg, int i) {
     }
     return cfg->consumers[i].queue;
 }
+
+/* ---- comparing configurations (SIGHUP: which workers to replace) ------- */
+
+/* Every field of these structs is compared below; unit_test_config_equal
+ * pins their sizes, so a field added without a comparison fails a test. */
+static int str_eq(const char *a, const char *b) {
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+static int backoff_eq(const warren__backoff_cfg *a,
+                      const warren__backoff_cfg *b) {
+    if (a->kind != b->kind || a->delay_ms != b->delay_ms ||
+        a->initial_ms != b->initial_ms || a->multiplier != b->multiplier ||
+        a->max_ms != b->max_ms || a->n_delays != b->n_delays ||
+        a->jitter != b->jitter) {
+        return 0;
+    }
+    for (size_t i = 0; i < a->n_delays; i++) {
+        if (a->delays_ms[i] != b->delays_ms[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int warren__config_consumer_equal(const warren__consumer_cfg *a,
+                                  const warren__consumer_cfg *b) {
+    return str_eq(a->queue, b->queue) && str_eq(a->handler, b->handler) &&
+           a->queue_type == b->queue_type && a->prefetch == b->prefetch &&
+           a->workers == b->workers && a->batch_max == b->batch_max &&
+           a->id_source == b->id_source && str_eq(a->id_arg, b->id_arg) &&
+           a->on_missing_id == b->on_missing_id &&
+           a->max_deliveries == b->max_deliveries &&
+           a->delivery_limit == b->delivery_limit &&
+           a->retry.max_attempts == b->retry.max_attempts &&
+           a->retry.mode == b->retry.mode &&
+           backoff_eq(&a->retry.backoff, &b->retry.backoff) &&
+           a->retry.max_age_s == b->retry.max_age_s &&
+           str_eq(a->dlq_queue, b->dlq_queue) &&
+           a->max_message_bytes == b->max_message_bytes &&
+           a->timeout_s == b->timeout_s && a->dedup == b->dedup &&
+           a->breaker.consecutive_failures == b->breaker.consecutive_failures &&
+           a->breaker.failure_ratio == b->breaker.failure_ratio &&
+           a->breaker.window_s == b->breaker.window_s &&
+           a->breaker.open_s == b->breaker.open_s &&
+           a->breaker.half_open_max == b->breaker.half_open_max &&
+           a->rate_limit_per_s == b->rate_limit_per_s;
+}
+
+int warren__config_worker_globals_equal(const warren_config *a,
+                                        const warren_config *b) {
+    if (a->broker.n_urls != b->broker.n_urls) {
+        return 0;
+    }
+    for (int i = 0; i < a->broker.n_urls; i++) {
+        if (!str_eq(a->broker.urls[i], b->broker.urls[i])) {
+            return 0;
+        }
+    }
+    return a->broker.heartbeat_s == b->broker.heartbeat_s &&
+           a->broker.connect_timeout_s == b->broker.connect_timeout_s &&
+           str_eq(a->broker.ca_cert, b->broker.ca_cert) &&
+           str_eq(a->broker.client_cert, b->broker.client_cert) &&
+           str_eq(a->broker.client_key, b->broker.client_key) &&
+           a->broker.verify_peer == b->broker.verify_peer &&
+           a->broker.verify_hostname == b->broker.verify_hostname &&
+           str_eq(a->store.path, b->store.path) &&
+           a->store.synchronous == b->store.synchronous &&
+           a->store.retention_s == b->store.retention_s &&
+           a->store.busy_timeout_ms == b->store.busy_timeout_ms &&
+           a->store.lease_s == b->store.lease_s;
+}

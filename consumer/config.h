@@ -151,4 +151,13 @@ struct warren_config {
     int n_consumers;
 };
 
+/* Returns 1 if two parsed consumers are the same in every field (a reload
+ * keeps the workers of such a consumer), else 0. */
+int warren__config_consumer_equal(const warren__consumer_cfg *a,
+                                  const warren__consumer_cfg *b);
+/* Returns 1 if the sections every worker depends on (broker, store) are the
+ * same in both configurations, else 0. */
+int warren__config_worker_globals_equal(const warren_config *a,
+                                        const warren_config *b);
+
 #endif /* WARREN_CONFIG_H */

@@ -20,6 +20,8 @@ struct warren_log_event {
     const char *outcome;
     int64_t attempt;
     int64_t ms;
+    const char *stream;
+    int truncated;
 };
 
 static warren_log_fn log_fn;
@@ -98,7 +100,28 @@ void warren__logf(warren_log_level level, const warren__log_fields *f,
     vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
     warren__redact_text(raw, clean, sizeof clean);
-    warren_log_event ev = {level, NULL, clean, NULL, NULL, NULL, -1, -1};
+    warren_log_event ev = {level, NULL, clean, NULL, NULL,
+                           NULL,  -1,   -1,    NULL, 0};
+    if (f) {
+        ev.event = f->event;
+        ev.queue = f->queue;
+        ev.message_id = f->message_id;
+        ev.outcome = f->outcome;
+        ev.attempt = f->attempt;
+        ev.ms = f->ms;
+    }
+    log_fn(&ev, log_user);
+}
+
+void warren__log_output(warren_log_level level, const warren__log_fields *f,
+                        const char *stream, int truncated, const char *text) {
+    char clean[2048];
+    if (!warren__log_enabled(level)) {
+        return;
+    }
+    warren__redact_text(text, clean, sizeof clean);
+    warren_log_event ev = {level, NULL, clean, NULL,   NULL,
+                           NULL,  -1,   -1,    stream, truncated};
     if (f) {
         ev.event = f->event;
         ev.queue = f->queue;
@@ -133,6 +156,12 @@ int64_t warren_log_event_ms(const warren_log_event *ev) {
 }
 warren_log_level warren_log_event_level(const warren_log_event *ev) {
     return ev->level;
+}
+const char *warren_log_event_stream(const warren_log_event *ev) {
+    return ev->stream;
+}
+int warren_log_event_truncated(const warren_log_event *ev) {
+    return ev->truncated;
 }
 
 int64_t warren__now_ms(void) {

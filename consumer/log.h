@@ -27,6 +27,12 @@ int warren__log_enabled(warren_log_level level);
 void warren__logf(warren_log_level level, const warren__log_fields *f,
                   const char *fmt, ...) WARREN_PRINTF(3, 4);
 
+/* Logs `text` (a handler's output line, already valid UTF-8) as is,
+ * redacted, with the stream it came from ("stdout"/"stderr") and whether
+ * it was truncated. */
+void warren__log_output(warren_log_level level, const warren__log_fields *f,
+                        const char *stream, int truncated, const char *text);
+
 #define warren__log(level, f, ...)                                             \
     do {                                                                       \
         if (warren__log_enabled(level)) {                                      \

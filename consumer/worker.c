@@ -1658,8 +1658,7 @@ int warren_worker_run(warren_worker *w) {
     while (rc == 0 && !w->stop) {
         rc = connect_session(w);
         if (rc != 0) {
-            int fatal = rc == WARREN_ERR_PRECONDITION ||
-                        rc == WARREN_ERR_CONFIG || rc == WARREN_ERR_NOMEM;
+            int fatal = warren_err_fatal(rc) == WARREN_FATAL_ALWAYS;
             int unreachable =
                 rc == WARREN_ERR_CONNECT || rc == WARREN_ERR_TIMEOUT;
             if (!ever_connected && unreachable &&
@@ -1709,8 +1708,7 @@ int warren_worker_run(warren_worker *w) {
             rc = 0;
             continue;
         }
-        if (rc == WARREN_ERR_STORE_FULL || rc == WARREN_ERR_STORE ||
-            rc == WARREN_ERR_STORE_CORRUPT || rc == WARREN_ERR_NOMEM) {
+        if (rc < 0 && warren_err_fatal(rc) == WARREN_FATAL_ALWAYS) {
             break;
         }
         if (rc != 0 && !w->stop) {

@@ -2,9 +2,13 @@
  * exec.c - handlers that are programs ("exec:PATH [ARGS...]"), one child
  * process per message, never through a shell.
  *
- * Promises: the body goes to the child's stdin while its stderr is drained
- * (poll), so neither a large body nor a chatty child can deadlock; a child
- * that stops reading cannot kill the worker with SIGPIPE; the child runs in
+ * Promises: the body goes to the child's stdin while its stdout and stderr
+ * are drained (poll), so neither a large body nor a chatty child can
+ * deadlock; what it prints is logged line by line as "handler_output"
+ * events (valid UTF-8, at most OUTPUT_LINE_MAX bytes a line and
+ * OUTPUT_MSG_MAX a message, the rest counted and marked truncated), never
+ * written raw into the worker's stderr; a child that stops reading cannot
+ * kill the worker with SIGPIPE; the child runs in
  * its own process group with no inherited descriptors beyond 0-2 and without
  * WARREN_URL (credentials never reach handlers); past the deadline the group
  * gets SIGTERM, then SIGKILL after 2 s; and the child is always reaped.
@@ -43,6 +47,11 @@ extern char **environ;
  * grandchildren that still hold the pipe; they are not ours to wait for. */
 #define DRAIN_AFTER_EXIT_MS 500
 #define REASON_MAX WARREN__ERROR_MAX
+/* Caps on what a handler's output puts in the log: bytes of one line, and
+ * of all lines of one message (both streams). Past them output is still
+ * read (the child never blocks on a full pipe), but only counted. */
+#define OUTPUT_LINE_MAX 1024
+#define OUTPUT_MSG_MAX (64 * 1024)
 
 typedef struct {
     char **argv;             /* argv[0] as written in the config */
@@ -229,8 +238,8 @@ static void close_other_fds(void) {
 }
 
 /* Runs in the forked child: async-signal-safe calls only. */
-static void child(const exec_handler *x, char **env, int in_fd, int err_fd,
-                  pid_t parent) {
+static void child(const exec_handler *x, char **env, int in_fd, int out_fd,
+                  int err_fd, pid_t parent) {
     struct sigaction dfl;
     sigset_t none;
     memset(&dfl, 0, sizeof dfl);
@@ -252,7 +261,7 @@ static void child(const exec_handler *x, char **env, int in_fd, int err_fd,
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) {
         _exit(127);
     }
-    if (dup2(in_fd, 0) < 0 || dup2(2, 1) < 0 || dup2(err_fd, 2) < 0) {
+    if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0) {
         _exit(127);
     }
     close_other_fds();
@@ -322,17 +331,137 @@ static void line_end(last_line *l) {
     }
 }
 
-static void pass_through(const char *buf, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(2, buf, n);
-        if (w < 0 && errno == EINTR) {
-            continue;
+/* One stream of the child's output on its way to the log. */
+typedef struct {
+    const char *name; /* "stdout" or "stderr" */
+    char line[OUTPUT_LINE_MAX];
+    size_t len;
+    int cut;          /* the current line is longer than OUTPUT_LINE_MAX */
+    uint64_t dropped; /* bytes not logged: past OUTPUT_MSG_MAX */
+} out_stream;
+
+typedef struct {
+    const warren_msg *msg;
+    size_t logged; /* bytes of lines logged for this message */
+    out_stream s[2];
+} output_log;
+
+/* Copies `in` into `out` (room for OUTPUT_LINE_MAX bytes and a NUL) as
+ * valid UTF-8: NUL and every byte not part of a well-formed sequence become
+ * U+FFFD. Control characters stay; the JSON writer escapes them. Returns 1
+ * if it stopped short of the end for lack of room. */
+static int to_utf8(const unsigned char *in, size_t n, char *out,
+                   size_t *out_len) {
+    static const char repl[] = "\xEF\xBF\xBD";
+    size_t o = 0, i = 0;
+    while (i < n) {
+        unsigned char c = in[i];
+        size_t k = c == 0 ? 9 : 0;
+        if (c >= 0x80) {
+            k = c >= 0xC2 && c <= 0xDF   ? 1
+                : (c & 0xF0) == 0xE0     ? 2
+                : c >= 0xF0 && c <= 0xF4 ? 3
+                                         : 9;
         }
-        if (w <= 0) {
-            return; /* our stderr is gone: nothing better to do with it */
+        if (k != 9 && k > 0) {
+            if (k > n - i - 1) {
+                k = 9;
+            }
+            for (size_t j = 1; k != 9 && j <= k; j++) {
+                if ((in[i + j] & 0xC0) != 0x80) {
+                    k = 9;
+                }
+            }
+            /* Overlong 3-byte forms and UTF-16 surrogates are not UTF-8. */
+            if (k == 2 && ((c == 0xE0 && in[i + 1] < 0xA0) ||
+                           (c == 0xED && in[i + 1] >= 0xA0))) {
+                k = 9;
+            }
+            if (k == 3 && ((c == 0xF0 && in[i + 1] < 0x90) ||
+                           (c == 0xF4 && in[i + 1] >= 0x90))) {
+                k = 9;
+            }
         }
-        buf += w;
-        n -= (size_t)w;
+        const char *src = k == 9 ? repl : (const char *)in + i;
+        size_t w = k == 9 ? 3 : k + 1;
+        if (o + w > OUTPUT_LINE_MAX) {
+            *out_len = o;
+            out[o] = '\0';
+            return 1;
+        }
+        memcpy(out + o, src, w);
+        o += w;
+        i += k == 9 ? 1 : k + 1;
+    }
+    *out_len = o;
+    out[o] = '\0';
+    return 0;
+}
+
+static void output_event(const output_log *ol, const out_stream *st,
+                         int truncated, const char *text) {
+    warren__log_output(WARREN_LOG_INFO,
+                       &(warren__log_fields){"handler_output",
+                                             warren_msg_queue(ol->msg),
+                                             warren_msg_id(ol->msg), NULL,
+                                             warren_msg_attempt(ol->msg), -1},
+                       st->name, truncated, text);
+}
+
+static void output_line_end(output_log *ol, out_stream *st) {
+    char text[OUTPUT_LINE_MAX + 1];
+    size_t n = st->len;
+    if (n && st->line[n - 1] == '\r' && !st->cut) {
+        n--;
+    }
+    int cut = st->cut;
+    st->len = 0;
+    st->cut = 0;
+    if (n == 0 && !cut) {
+        return; /* blank lines say nothing */
+    }
+    if (ol->logged + n > OUTPUT_MSG_MAX) {
+        st->dropped += n;
+        return;
+    }
+    size_t len = 0;
+    cut |= to_utf8((const unsigned char *)st->line, n, text, &len);
+    ol->logged += n;
+    output_event(ol, st, cut, text);
+}
+
+static void output_feed(output_log *ol, out_stream *st, const char *buf,
+                        size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i] == '\n') {
+            output_line_end(ol, st);
+        } else if (st->len < sizeof st->line) {
+            st->line[st->len++] = buf[i];
+        } else {
+            st->cut = 1;
+            if (ol->logged >= OUTPUT_MSG_MAX) {
+                st->dropped++;
+            }
+        }
+    }
+}
+
+/* At the end of a message: a last line without a newline, and one line per
+ * stream saying how much was not logged. */
+static void output_finish(output_log *ol) {
+    for (int k = 0; k < 2; k++) {
+        out_stream *st = &ol->s[k];
+        if (st->len || st->cut) {
+            output_line_end(ol, st);
+        }
+        if (st->dropped) {
+            char text[160];
+            snprintf(text, sizeof text,
+                     "%llu more bytes of %s not logged (at most %d bytes of "
+                     "output are logged per message)",
+                     (unsigned long long)st->dropped, st->name, OUTPUT_MSG_MAX);
+            output_event(ol, st, 1, text);
+        }
     }
 }
 
@@ -387,6 +516,7 @@ static int feed(int fd, const uint8_t *body, size_t len, size_t *off) {
 typedef struct {
     pid_t pid;
     int in_fd;  /* our write end of the child's stdin, -1 when done */
+    int out_fd; /* our read end of the child's stdout, -1 at EOF */
     int err_fd; /* our read end of the child's stderr, -1 at EOF */
     int pidfd;  /* readable when the child exits; -1: poll in ticks */
     int status;
@@ -435,7 +565,7 @@ static void try_reap(run_state *st) {
 }
 
 static void supervise(run_state *st, const warren_msg *msg,
-                      int64_t deadline_mono, last_line *ll) {
+                      int64_t deadline_mono, last_line *ll, output_log *ol) {
     size_t len = 0;
     const uint8_t *body = warren_msg_body(msg, &len);
     size_t off = 0;
@@ -455,7 +585,8 @@ static void supervise(run_state *st, const warren_msg *msg,
                 drain_until = now + DRAIN_AFTER_EXIT_MS;
             }
         }
-        if (st->reaped && (st->err_fd < 0 || now >= drain_until)) {
+        if (st->reaped &&
+            ((st->err_fd < 0 && st->out_fd < 0) || now >= drain_until)) {
             break;
         }
         if (!st->reaped && deadline_mono > 0 && !st->timed_out &&
@@ -493,12 +624,17 @@ static void supervise(run_state *st, const warren_msg *msg,
             wait = 1000; /* re-check the clock now and then regardless */
         }
 
-        struct pollfd pf[3];
-        int n = 0, i_in = -1, i_err = -1;
+        struct pollfd pf[4];
+        int n = 0, i_in = -1, i_out = -1, i_err = -1;
         if (st->in_fd >= 0) {
             i_in = n;
             pf[n].fd = st->in_fd;
             pf[n++].events = POLLOUT;
+        }
+        if (st->out_fd >= 0) {
+            i_out = n;
+            pf[n].fd = st->out_fd;
+            pf[n++].events = POLLIN;
         }
         if (st->err_fd >= 0) {
             i_err = n;
@@ -522,20 +658,30 @@ static void supervise(run_state *st, const warren_msg *msg,
                 close_fd(&st->in_fd);
             }
         }
+        if (i_out >= 0 && pf[i_out].revents) {
+            ssize_t got = read(st->out_fd, buf, sizeof buf);
+            if (got > 0) {
+                output_feed(ol, &ol->s[0], buf, (size_t)got);
+            } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+                close_fd(&st->out_fd);
+            }
+        }
         if (i_err >= 0 && pf[i_err].revents) {
             ssize_t got = read(st->err_fd, buf, sizeof buf);
             if (got > 0) {
                 line_feed(ll, buf, (size_t)got);
-                pass_through(buf, (size_t)got);
+                output_feed(ol, &ol->s[1], buf, (size_t)got);
             } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
                 close_fd(&st->err_fd);
             }
         }
     }
     close_fd(&st->in_fd);
+    close_fd(&st->out_fd);
     close_fd(&st->err_fd);
     close_fd(&st->pidfd);
     line_end(ll);
+    output_finish(ol);
 }
 
 static void describe(const run_state *st, char *out, size_t outlen) {
@@ -558,8 +704,9 @@ static void describe(const run_state *st, char *out, size_t outlen) {
 static warren_result exec_call(const warren_msg *msg, warren_ctx *ctx,
                                void *user) {
     const exec_handler *x = user;
-    int in_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
-    run_state st = {.pid = -1, .in_fd = -1, .err_fd = -1, .pidfd = -1};
+    int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+    run_state st = {
+        .pid = -1, .in_fd = -1, .out_fd = -1, .err_fd = -1, .pidfd = -1};
     int64_t deadline = warren_ctx_deadline(ctx);
     int64_t deadline_mono = 0;
     sigset_t pipe_set, old_mask, pending;
@@ -579,10 +726,13 @@ static warren_result exec_call(const warren_msg *msg, warren_ctx *ctx,
         warren_ctx_set_error(ctx, "exec handler: out of memory");
         return WARREN_RETRY;
     }
-    if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
+    if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0 ||
+        pipe2(err_pipe, O_CLOEXEC) != 0) {
         warren_ctx_set_error(ctx, "exec handler: pipe: %s", strerror(errno));
         close_fd(&in_pipe[0]);
         close_fd(&in_pipe[1]);
+        close_fd(&out_pipe[0]);
+        close_fd(&out_pipe[1]);
         free(env);
         return WARREN_RETRY;
     }
@@ -598,16 +748,19 @@ static warren_result exec_call(const warren_msg *msg, warren_ctx *ctx,
     pid_t self = getpid();
     st.pid = fork();
     if (st.pid == 0) {
-        child(x, env, in_pipe[0], err_pipe[1], self);
+        child(x, env, in_pipe[0], out_pipe[1], err_pipe[1], self);
     }
     int fork_errno = errno;
     free(env);
     close_fd(&in_pipe[0]);
+    close_fd(&out_pipe[1]);
     close_fd(&err_pipe[1]);
     st.in_fd = in_pipe[1];
+    st.out_fd = out_pipe[0];
     st.err_fd = err_pipe[0];
     if (st.pid < 0) {
         close_fd(&st.in_fd);
+        close_fd(&st.out_fd);
         close_fd(&st.err_fd);
         pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
         warren_ctx_set_error(ctx, "exec handler: fork: %s",
@@ -617,12 +770,18 @@ static warren_result exec_call(const warren_msg *msg, warren_ctx *ctx,
     /* Also from this side, so the group exists before we might signal it. */
     setpgid(st.pid, st.pid);
     fcntl(st.in_fd, F_SETFL, O_NONBLOCK);
+    fcntl(st.out_fd, F_SETFL, O_NONBLOCK);
     fcntl(st.err_fd, F_SETFL, O_NONBLOCK);
     st.pidfd = pidfd_for(st.pid);
 
     last_line ll;
     memset(&ll, 0, sizeof ll);
-    supervise(&st, msg, deadline_mono, &ll);
+    output_log ol;
+    memset(&ol, 0, sizeof ol);
+    ol.msg = msg;
+    ol.s[0].name = "stdout";
+    ol.s[1].name = "stderr";
+    supervise(&st, msg, deadline_mono, &ll, &ol);
 
     if (!had_sigpipe) {
         /* Consume a SIGPIPE our writes raised, so unblocking it does not

@@ -48,37 +48,61 @@ extern "C" {
 /* ---------------------------------------------------------------------------
  * Errors
  *
- * X(NAME, code, retriable, description). "retriable" means the same call may
- * succeed later without anybody changing anything (a broker restart, a lock
- * released); non-retriable errors need a person to fix something.
+ * X(NAME, code, exit, retriable, fatal, description): the one error policy.
+ * Every other place (the worker's reconnect loop, `warren run`'s
+ * supervisor, the command's exit codes) reads it through the functions
+ * below.
+ *  - exit: the `warren` command's exit code for it (README, `warren help`).
+ *  - retriable: the same call may succeed later without anybody changing
+ *    anything (a broker restart, a lock released); non-retriable errors
+ *    need a person to fix something.
+ *  - fatal: what a worker does when it meets it.
+ *    NEVER: retried (a worker reconnects with backoff; one that exited with
+ *    it is restarted by `warren run`).
+ *    AT_START: stops `warren run` (with `exit`) if it happens before the
+ *    pool's first 10 s and before the worker's first connection: at start
+ *    these answers from the broker are the operator's mistake (wrong URL,
+ *    password, vhost, CA, queue arguments). Once the pool has run, the same
+ *    answers more often come from a passing state (a broker restarting
+ *    mid-login, an auth backend down, a policy or certificate being
+ *    changed), so they are retried with backoff and logged each time.
+ *    ALWAYS: stops `warren run` (with `exit`) whenever it happens: local
+ *    faults no retry fixes (config, handler, store file).
  * ------------------------------------------------------------------------- */
+#define WARREN_FATAL_NEVER 0
+#define WARREN_FATAL_AT_START 1
+#define WARREN_FATAL_ALWAYS 2
+
 #define WARREN_ERRORS(X)                                                       \
-    X(OK, 0, 0, "success")                                                     \
-    X(NOMEM, -1, 1, "out of memory")                                           \
-    X(INVAL, -2, 0, "invalid argument")                                        \
-    X(CONFIG, -3, 0, "invalid configuration")                                  \
-    X(CONNECT, -4, 1, "broker unreachable")                                    \
-    X(AUTH, -5, 0, "authentication refused by the broker")                     \
-    X(VHOST, -6, 0, "virtual host missing or access to it refused")            \
-    X(PRECONDITION, -7, 0, "queue or exchange exists with other arguments")    \
-    X(HANDLER, -8, 0, "handler failed to load")                                \
-    X(CONNECTION, -9, 1, "connection to the broker lost")                      \
-    X(CHANNEL, -10, 1, "channel closed by the broker")                         \
-    X(TIMEOUT, -11, 1, "timed out")                                            \
-    X(TLS, -12, 0, "TLS setup or peer verification failed")                    \
-    X(STORE, -13, 0, "message store error")                                    \
-    X(STORE_BUSY, -14, 1, "message store locked by another process")           \
-    X(STORE_FULL, -15, 0, "message store disk or size limit full")             \
-    X(STORE_CORRUPT, -16, 0, "message store file unusable")                    \
-    X(PUBLISH, -17, 1, "publish not confirmed by the broker")                  \
-    X(CANCELLED, -18, 1, "consumer cancelled by the broker")                   \
-    X(STOPPED, -19, 0, "stopped on request")                                   \
-    X(NOT_FOUND, -20, 0, "not found")                                          \
-    X(IO, -21, 1, "input/output error")                                        \
-    X(PROTOCOL, -22, 0, "unexpected AMQP protocol state")
+    X(OK, 0, 0, 0, NEVER, "success")                                           \
+    X(NOMEM, -1, 1, 1, NEVER, "out of memory")                                 \
+    X(INVAL, -2, 2, 0, ALWAYS, "invalid argument")                             \
+    X(CONFIG, -3, 2, 0, ALWAYS, "invalid configuration")                       \
+    X(CONNECT, -4, 3, 1, AT_START, "broker unreachable")                       \
+    X(AUTH, -5, 4, 0, AT_START, "authentication refused by the broker")        \
+    X(VHOST, -6, 5, 0, AT_START,                                               \
+      "virtual host missing or access to it refused")                          \
+    X(PRECONDITION, -7, 6, 0, AT_START,                                        \
+      "queue or exchange exists with other arguments")                         \
+    X(HANDLER, -8, 7, 0, ALWAYS, "handler failed to load")                     \
+    X(CONNECTION, -9, 1, 1, NEVER, "connection to the broker lost")            \
+    X(CHANNEL, -10, 1, 1, NEVER, "channel closed by the broker")               \
+    X(TIMEOUT, -11, 3, 1, AT_START, "timed out")                               \
+    X(TLS, -12, 9, 0, AT_START, "TLS setup or peer verification failed")       \
+    X(STORE, -13, 8, 0, ALWAYS, "message store error")                         \
+    X(STORE_BUSY, -14, 8, 1, NEVER, "message store locked by another process") \
+    X(STORE_FULL, -15, 8, 0, ALWAYS, "message store disk or size limit full")  \
+    X(STORE_CORRUPT, -16, 8, 0, ALWAYS, "message store file unusable")         \
+    X(PUBLISH, -17, 1, 1, NEVER, "publish not confirmed by the broker")        \
+    X(CANCELLED, -18, 1, 1, NEVER, "consumer cancelled by the broker")         \
+    X(STOPPED, -19, 0, 0, NEVER, "stopped on request")                         \
+    X(NOT_FOUND, -20, 1, 0, NEVER, "not found")                                \
+    X(IO, -21, 1, 1, NEVER, "input/output error")                              \
+    X(PROTOCOL, -22, 1, 1, NEVER, "unexpected AMQP protocol state")
 
 typedef enum warren_err {
-#define WARREN__ERR_ENUM(name, code, retriable, desc) WARREN_ERR_##name = code,
+#define WARREN__ERR_ENUM(name, code, exit, retriable, fatal, desc)             \
+    WARREN_ERR_##name = code,
     WARREN_ERRORS(WARREN__ERR_ENUM)
 #undef WARREN__ERR_ENUM
 } warren_err;
@@ -89,6 +113,10 @@ const char *warren_strerror(int err);
 const char *warren_errname(int err);
 /* Returns 1 if retrying the failed operation later may succeed. */
 int warren_err_is_retriable(int err);
+/* Returns the `warren` command's exit code for `err` (1 if unknown). */
+int warren_err_exit_code(int err);
+/* Returns WARREN_FATAL_NEVER, _AT_START or _ALWAYS (NEVER if unknown). */
+int warren_err_fatal(int err);
 
 /* ---------------------------------------------------------------------------
  * Logging
@@ -115,6 +143,11 @@ const char *warren_log_event_outcome(const warren_log_event *ev);
 int64_t warren_log_event_attempt(const warren_log_event *ev);
 int64_t warren_log_event_ms(const warren_log_event *ev);
 warren_log_level warren_log_event_level(const warren_log_event *ev);
+/* Event "handler_output" (a line an exec handler printed): "stdout" or
+ * "stderr", else NULL; and 1 if the line was cut or output was dropped at
+ * the caps, else 0. */
+const char *warren_log_event_stream(const warren_log_event *ev);
+int warren_log_event_truncated(const warren_log_event *ev);
 
 typedef void (*warren_log_fn)(const warren_log_event *ev, void *user);
 

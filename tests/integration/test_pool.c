@@ -3,20 +3,27 @@
  * scraped over a plain socket and checked against the run exactly, SIGHUP
  * with a broken and with a changed config, and handlers that overstay
  * timeout_s (an exec handler ended by the worker, an in-process one ended
- * by the supervisor killing its worker). Every test drives the real binary
- * against the private broker and reads the counts back through /metrics.
+ * by the supervisor killing its worker), a SIGHUP that changes one consumer
+ * of two (only its worker is replaced), and a store locked at start (the
+ * worker is restarted, the pool does not stop). Every test drives the real
+ * binary against the private broker and reads the counts back through /metrics.
  */
 #include "itest.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -432,6 +439,296 @@ static void test_inprocess_handler_past_deadline_ends_its_worker_which_restarts(
     fx_teardown(&f);
 }
 
+/* The pid of the worker that logged "consuming" for `queue` most recently
+ * (the JSON logger writes each line's pid), or 0. */
+static long consuming_pid(const fx *f, const char *queue) {
+    FILE *fp = fopen(f->log, "r");
+    char line[4096], q[256];
+    long pid = 0;
+    snprintf(q, sizeof q, "\"queue\":\"%s\"", queue);
+    if (fp == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof line, fp)) {
+        const char *p = strstr(line, "\"pid\":");
+        if (p && strstr(line, "\"event\":\"consuming\"") && strstr(line, q)) {
+            pid = strtol(p + 6, NULL, 10);
+        }
+    }
+    fclose(fp);
+    return pid;
+}
+
+static int has_child(pid_t pid, long kid) {
+    long pids[8];
+    int n = children(pid, pids, 8);
+    for (int i = 0; i < n; i++) {
+        if (pids[i] == kid) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void
+test_sighup_replaces_only_the_worker_whose_consumer_changed(void **state) {
+    (void)state;
+    fx f;
+    fx_setup(&f, "hupone");
+    fx_config(&f, "{\"queue\": \"%s\", \"handler\": \"builtin:noop\"},"
+                  "{\"queue\": \"%s\", \"handler\": \"builtin:noop\", "
+                  "\"prefetch\": 50}");
+    fx_start(&f);
+    wait_metric(&f, "warren_workers_connected", f.qa, 1, 30);
+    wait_metric(&f, "warren_workers_connected", f.qb, 1, 30);
+    long a = consuming_pid(&f, f.qa), b = consuming_pid(&f, f.qb);
+    assert_true(a > 0 && b > 0 && a != b);
+    itest_publish_n(f.conn, "", f.qa, "a1", 300, NULL, 0);
+    itest_publish_n(f.conn, "", f.qb, "b1", 300, NULL, 0);
+    /* Only qb's consumer changes. */
+    fx_config(&f, "{\"queue\": \"%s\", \"handler\": \"builtin:noop\"},"
+                  "{\"queue\": \"%s\", \"handler\": \"builtin:noop\", "
+                  "\"prefetch\": 60}");
+    kill(f.pid, SIGHUP);
+    itest_publish_n(f.conn, "", f.qa, "a2", 300, NULL, 0);
+    itest_publish_n(f.conn, "", f.qb, "b2", 300, NULL, 0);
+    wait_log(&f, "\"event\":\"reload_done\"", 30);
+    wait_metric(&f, "warren_messages_acked_total", f.qa, 600, 30);
+    wait_metric(&f, "warren_messages_acked_total", f.qb, 600, 30);
+    kids_wait k = {f.pid, 2};
+    assert_true(itest_wait_until(kids_reached, &k, 20));
+    /* qa's worker is the same process; qb's was replaced. */
+    assert_true(has_child(f.pid, a));
+    assert_false(has_child(f.pid, b));
+    long b2 = consuming_pid(&f, f.qb);
+    assert_true(b2 > 0 && b2 != b && has_child(f.pid, b2));
+    assert_int_equal(consuming_pid(&f, f.qa), a);
+    /* Nothing lost or doubled across the swap. */
+    assert_true(scrape(&f, "warren_messages_acked_total", f.qa) == 600);
+    assert_true(sample(&f, "warren_messages_acked_total", f.qb) == 600);
+    assert_true(sample(&f, "warren_messages_duplicate_total", f.qa) == 0);
+    assert_true(sample(&f, "warren_messages_duplicate_total", f.qb) == 0);
+    assert_true(sample(&f, "warren_messages_dead_lettered_total", f.qb) == 0);
+    assert_true(sample(&f, "warren_workers", f.qa) == 1);
+    assert_true(sample(&f, "warren_workers", f.qb) == 1);
+    assert_true(sample(&f, "warren_worker_restarts_total", f.qa) == 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.qa), 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.qb), 0);
+    /* A SIGHUP that changes nothing replaces nothing. */
+    long a3 = consuming_pid(&f, f.qa);
+    kill(f.pid, SIGHUP);
+    wait_log(&f, "\"event\":\"reload_unchanged\"", 10);
+    assert_true(has_child(f.pid, a3) && has_child(f.pid, b2));
+    fx_teardown(&f);
+}
+
+static long log_count(const fx *f, const char *needle) {
+    FILE *fp = fopen(f->log, "r");
+    char line[4096];
+    long n = 0;
+    if (fp == NULL) {
+        return 0;
+    }
+    while (fgets(line, sizeof line, fp)) {
+        n += strstr(line, needle) != NULL;
+    }
+    fclose(fp);
+    return n;
+}
+
+typedef struct {
+    const fx *f;
+    const char *needle;
+    long want;
+} count_wait;
+
+static int count_reached(void *arg) {
+    count_wait *w = arg;
+    return log_count(w->f, w->needle) >= w->want;
+}
+
+static void wait_log_count(const fx *f, const char *needle, long want,
+                           double timeout_s) {
+    count_wait w = {f, needle, want};
+    if (!itest_wait_until(count_reached, &w, timeout_s)) {
+        dump_log(f);
+        fail_msg("%ld log lines with %s, expected %ld", log_count(f, needle),
+                 needle, want);
+    }
+}
+
+/* Both consumers' workers, once the reload settled: waits for two children
+ * that each logged "consuming" for their queue. */
+static void settled_pids(fx *f, long *a, long *b) {
+    kids_wait k = {f->pid, 2};
+    assert_true(itest_wait_until(kids_reached, &k, 20));
+    *a = consuming_pid(f, f->qa);
+    *b = consuming_pid(f, f->qb);
+    assert_true(has_child(f->pid, *a) && has_child(f->pid, *b));
+}
+
+static void
+test_sighup_replaces_a_rebuilt_plugin_and_all_workers_on_a_store_change(
+    void **state) {
+    (void)state;
+    fx f;
+    char so[600], cmd[1400], consumers[1400], cfg[4096];
+    long a, b, a2, b2;
+    fx_setup(&f, "hupall");
+    /* A private copy of the example plugin, so the test may "rebuild" it. */
+    snprintf(so, sizeof so, "%s/handler.so", f.dir);
+    snprintf(cmd, sizeof cmd, "cp '%s/examples/example_plugin.so' '%s'",
+             getenv("WARREN_BUILD_DIR"), so);
+    assert_int_equal(system(cmd), 0);
+    snprintf(consumers, sizeof consumers,
+             "{\"queue\": \"%%s\", \"handler\": \"plugin:%s:handle hup\"},"
+             "{\"queue\": \"%%s\", \"handler\": \"builtin:noop\"}",
+             so);
+    fx_config(&f, consumers);
+    fx_start(&f);
+    wait_metric(&f, "warren_workers_connected", f.qa, 1, 30);
+    wait_metric(&f, "warren_workers_connected", f.qb, 1, 30);
+    settled_pids(&f, &a, &b);
+    itest_publish_n(f.conn, "", f.qa, "p1", 100, NULL, 0);
+    itest_publish_n(f.conn, "", f.qb, "q1", 100, NULL, 0);
+
+    /* The plugin file is replaced (same config text): its consumer's
+     * worker is replaced, so the new build is loaded; the other stays. */
+    struct timespec later[2] = {{0, UTIME_NOW}, {time(NULL) + 5, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, so, later, 0), 0);
+    kill(f.pid, SIGHUP);
+    wait_log_count(&f, "\"event\":\"reload_done\"", 1, 30);
+    settled_pids(&f, &a2, &b2);
+    assert_true(a2 != a);
+    assert_int_equal(b2, b);
+
+    /* The store section changes: every worker is replaced. */
+    snprintf(cfg, sizeof cfg,
+             "{\"store\": {\"path\": \"%s/warren.db\", \"busy_timeout_ms\": "
+             "4000}, \"metrics\": {\"listen\": \"127.0.0.1:%d\"}, "
+             "\"shutdown_grace_s\": 10, \"consumers\": [{\"queue\": \"%s\", "
+             "\"handler\": \"plugin:%s:handle hup\"}, {\"queue\": \"%s\", "
+             "\"handler\": \"builtin:noop\"}]}",
+             f.dir, f.port, f.qa, so, f.qb);
+    itest_write_file(f.cfg, cfg);
+    itest_publish_n(f.conn, "", f.qa, "p2", 100, NULL, 0);
+    itest_publish_n(f.conn, "", f.qb, "q2", 100, NULL, 0);
+    kill(f.pid, SIGHUP);
+    wait_log_count(&f, "\"event\":\"reload_done\"", 2, 30);
+    long a3, b3;
+    settled_pids(&f, &a3, &b3);
+    assert_true(a3 != a2 && b3 != b2);
+    /* Nothing lost or doubled across both swaps. */
+    wait_metric(&f, "warren_messages_acked_total", f.qa, 200, 30);
+    wait_metric(&f, "warren_messages_acked_total", f.qb, 200, 30);
+    assert_true(scrape(&f, "warren_messages_acked_total", f.qa) == 200);
+    assert_true(sample(&f, "warren_messages_acked_total", f.qb) == 200);
+    assert_true(sample(&f, "warren_messages_duplicate_total", f.qa) == 0);
+    assert_true(sample(&f, "warren_messages_duplicate_total", f.qb) == 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.qa), 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.qb), 0);
+    fx_teardown(&f);
+}
+
+static void
+test_exec_output_leaves_the_worker_log_one_json_object_per_line(void **state) {
+    (void)state;
+    fx f;
+    char script[600], consumer[1400];
+    fx_setup(&f, "output");
+    snprintf(script, sizeof script, "%s/chatty.sh", f.dir);
+    /* Both streams; quotes, escapes, invalid UTF-8, a NUL, a line without
+     * an end; then 10 MiB on stdout. The result must stay "ack". */
+    itest_write_file(script,
+                     "#!/bin/sh\n"
+                     "printf 'out \"q\" {\\\\\"j\\\\\": 1}\\n'\n"
+                     "printf 'err \\033[1m\\t\\377\\376 \\000 x\\r\\n' >&2\n"
+                     "yes 'ten mebibytes of output' | head -c 10485760\n"
+                     "printf 'no end' >&2\n"
+                     "exit 0\n");
+    assert_int_equal(chmod(script, 0700), 0);
+    snprintf(consumer, sizeof consumer,
+             "{\"queue\": \"%%s\", \"handler\": \"exec:%s\"}", script);
+    fx_config(&f, consumer);
+    itest_publish_n(f.conn, "", f.qa, "o", 3, NULL, 0);
+    fx_start(&f);
+    wait_metric(&f, "warren_messages_acked_total", f.qa, 3, 60);
+    assert_true(scrape(&f, "warren_handler_failures_total", f.qa) == 0);
+    int status = itest_terminate(f.pid, 20);
+    f.pid = 0;
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    FILE *fp = fopen(f.log, "r");
+    assert_non_null(fp);
+    static char line[1 << 16];
+    long n = 0, out = 0, err = 0, cut = 0;
+    while (fgets(line, sizeof line, fp)) {
+        n++;
+        size_t len = strlen(line);
+        assert_true(len > 0 && line[len - 1] == '\n');
+        cJSON *o = cJSON_Parse(line);
+        if (o == NULL || !cJSON_IsObject(o)) {
+            fail_msg("log line %ld is not a JSON object: %.200s", n, line);
+        }
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
+        if (cJSON_IsString(ev) &&
+            strcmp(ev->valuestring, "handler_output") == 0) {
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "stream");
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "message_id");
+            assert_true(cJSON_IsString(st) && cJSON_IsString(id));
+            assert_int_equal(strncmp(id->valuestring, "o-", 2), 0);
+            out += strcmp(st->valuestring, "stdout") == 0;
+            err += strcmp(st->valuestring, "stderr") == 0;
+            cut +=
+                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "truncated"));
+        }
+        cJSON_Delete(o);
+    }
+    fclose(fp);
+    /* Per message: stderr's two lines; stdout capped at 64 KiB of lines
+     * (~2700 of these), then one "not logged" line each. */
+    assert_int_equal(err, 3 * 2);
+    assert_true(out >= 3 * 100 && out <= 3 * 3000);
+    assert_int_equal(cut, 3);
+    fx_teardown(&f);
+}
+
+static void
+test_store_locked_at_start_restarts_the_worker_not_the_pool(void **state) {
+    (void)state;
+    fx f;
+    char db[600], cfg[4096];
+    sqlite3 *h = NULL;
+    fx_setup(&f, "busy");
+    snprintf(db, sizeof db, "%s/warren.db", f.dir);
+    /* Another process holds the store's write lock when the pool starts:
+     * STORE_BUSY is retriable, so the worker is restarted until the lock
+     * goes, and the pool keeps running. */
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL),
+                     SQLITE_OK);
+    snprintf(cfg, sizeof cfg,
+             "{\"store\": {\"path\": \"%s\", \"busy_timeout_ms\": 100}, "
+             "\"metrics\": {\"listen\": \"127.0.0.1:%d\"}, "
+             "\"shutdown_grace_s\": 10, \"consumers\": [{\"queue\": \"%s\", "
+             "\"handler\": \"builtin:noop\"}]}",
+             db, f.port, f.qa);
+    itest_write_file(f.cfg, cfg);
+    itest_publish_n(f.conn, "", f.qa, "l", 50, NULL, 0);
+    fx_start(&f);
+    wait_log(&f, "WARREN_ERR_STORE_BUSY", 20);
+    wait_metric(&f, "warren_worker_restarts_total", f.qa, 1, 20);
+    int status = 0;
+    assert_int_equal(itest_wait_exit(f.pid, 0.5, &status), 0);
+    assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+    wait_metric(&f, "warren_messages_acked_total", f.qa, 50, 60);
+    assert_true(scrape(&f, "warren_messages_acked_total", f.qa) == 50);
+    assert_true(sample(&f, "warren_messages_duplicate_total", f.qa) == 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.qa), 0);
+    fx_teardown(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
@@ -443,6 +740,14 @@ int main(void) {
             test_exec_handler_past_timeout_is_killed_counted_and_dead_lettered),
         cmocka_unit_test(
             test_inprocess_handler_past_deadline_ends_its_worker_which_restarts),
+        cmocka_unit_test(
+            test_sighup_replaces_only_the_worker_whose_consumer_changed),
+        cmocka_unit_test(
+            test_sighup_replaces_a_rebuilt_plugin_and_all_workers_on_a_store_change),
+        cmocka_unit_test(
+            test_store_locked_at_start_restarts_the_worker_not_the_pool),
+        cmocka_unit_test(
+            test_exec_output_leaves_the_worker_log_one_json_object_per_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "ctx.h"
 #include "handler.h"
 #include "msg.h"
@@ -543,6 +545,187 @@ static void test_exec_split_groups_quotes_and_counts_words(void **state) {
     assert_null(argv);
 }
 
+/* ---- handler output as JSON log lines --------------------------------- */
+
+/* What the handler_output events said, counted by the logger below. */
+static struct {
+    int lines[2]; /* [0] stdout, [1] stderr */
+    size_t bytes; /* text of those lines */
+    int truncated;
+    char first[2][256];
+} seen;
+
+/* The `warren` command's log shape (cli/log_json.c): one JSON object per
+ * line on fd 2, written with one write(). */
+static void json_line_logger(const warren_log_event *ev, void *user) {
+    (void)user;
+    cJSON *o = cJSON_CreateObject();
+    assert_non_null(o);
+    if (warren_log_event_name(ev)) {
+        cJSON_AddStringToObject(o, "event", warren_log_event_name(ev));
+    }
+    if (warren_log_event_queue(ev)) {
+        cJSON_AddStringToObject(o, "queue", warren_log_event_queue(ev));
+    }
+    if (warren_log_event_message_id(ev)) {
+        cJSON_AddStringToObject(o, "message_id",
+                                warren_log_event_message_id(ev));
+    }
+    if (warren_log_event_stream(ev)) {
+        cJSON_AddStringToObject(o, "stream", warren_log_event_stream(ev));
+        cJSON_AddBoolToObject(o, "truncated", warren_log_event_truncated(ev));
+    }
+    cJSON_AddStringToObject(o, "msg", warren_log_event_text(ev));
+    char *line = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    assert_non_null(line);
+    size_t len = strlen(line);
+    char *buf = malloc(len + 2);
+    assert_non_null(buf);
+    memcpy(buf, line, len);
+    buf[len] = '\n';
+    ssize_t w = write(2, buf, len + 1);
+    (void)w;
+    free(buf);
+    cJSON_free(line);
+}
+
+/* Well-formed UTF-8 (lead bytes and continuation bytes; what a JSON reader
+ * such as journalctl or jq insists on). */
+static int valid_utf8(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t k;
+        if (c < 0x80) {
+            k = 0;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            k = 1;
+        } else if ((c & 0xF0) == 0xE0) {
+            k = 2;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            k = 3;
+        } else {
+            return 0;
+        }
+        if (k > n - i - 1) {
+            return 0;
+        }
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) {
+                return 0;
+            }
+        }
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* Runs `body` as the handler with fd 2 sent to a file and the JSON logger
+ * installed; then asserts every line of that file is one JSON object in
+ * valid UTF-8 and counts the handler_output events into `seen`. */
+static warren_result run_logged(const char *body) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/stderr", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int saved = dup(2);
+    assert_true(fd >= 0 && saved >= 0);
+    memset(&seen, 0, sizeof seen);
+    warren_log_set(json_line_logger, NULL, WARREN_LOG_INFO);
+    dup2(fd, 2);
+    close(fd);
+    warren_result r = run_script(body);
+    dup2(saved, 2);
+    close(saved);
+    warren_log_set(NULL, NULL, WARREN_LOG_INFO);
+
+    size_t len = 0;
+    char *all = slurp("stderr", &len);
+    assert_non_null(all);
+    int n = 0;
+    for (char *p = all; p < all + len;) {
+        char *nl = memchr(p, '\n', (size_t)(all + len - p));
+        size_t l = nl ? (size_t)(nl - p) : (size_t)(all + len - p);
+        if (!nl) {
+            fail_msg("stderr ends without a newline: '%.200s'", p);
+        }
+        *nl = '\0';
+        n++;
+        if (!valid_utf8((const unsigned char *)p, l)) {
+            fail_msg("stderr line %d is not valid UTF-8: '%.200s'", n, p);
+        }
+        cJSON *o = cJSON_Parse(p);
+        if (o == NULL || !cJSON_IsObject(o)) {
+            fail_msg("stderr line %d is not a JSON object: '%.200s'", n, p);
+        }
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
+        if (cJSON_IsString(ev) &&
+            strcmp(ev->valuestring, "handler_output") == 0) {
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "msg");
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "stream");
+            const cJSON *tr = cJSON_GetObjectItemCaseSensitive(o, "truncated");
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "message_id");
+            const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "queue");
+            assert_true(cJSON_IsString(m) && cJSON_IsString(st));
+            assert_true(cJSON_IsString(id) && cJSON_IsString(q));
+            assert_string_equal(id->valuestring, "m-1");
+            assert_string_equal(q->valuestring, "orders");
+            int k = strcmp(st->valuestring, "stderr") == 0;
+            assert_true(k || strcmp(st->valuestring, "stdout") == 0);
+            if (seen.lines[k]++ == 0) {
+                snprintf(seen.first[k], sizeof seen.first[k], "%s",
+                         m->valuestring);
+            }
+            seen.bytes += strlen(m->valuestring);
+            seen.truncated += cJSON_IsTrue(tr);
+        }
+        cJSON_Delete(o);
+        p = nl + 1;
+    }
+    free(all);
+    return r;
+}
+
+static void
+test_exec_output_of_both_streams_is_logged_as_json_lines(void **state) {
+    (void)state;
+    warren_result r = run_logged(
+        "printf 'out \"quoted\" {\"json\": 1}\\n'\n"
+        "printf 'err \\033[31mred\\033[0m tab\\there \\\\ back\\r\\n' >&2\n"
+        "printf 'bad utf8 \\377\\376 and a NUL \\000 end\\n'\n"
+        "printf 'half a line' >&2\n"
+        "exit 65");
+    /* The result and the reason are what they were without logging. */
+    assert_int_equal(r, WARREN_DEAD);
+    assert_string_equal(ctx.error, "half a line");
+    assert_int_equal(seen.lines[0], 2);
+    assert_int_equal(seen.lines[1], 2);
+    assert_string_equal(seen.first[0], "out \"quoted\" {\"json\": 1}");
+    assert_string_equal(seen.first[1],
+                        "err \033[31mred\033[0m tab\there \\ back");
+    assert_int_equal(seen.truncated, 0);
+}
+
+static void test_exec_10mib_of_output_is_capped_and_never_blocks(void **state) {
+    (void)state;
+    warren__ctx_reset(&ctx, wall_ms() + (int64_t)(30000 * scale()));
+    int64_t t0 = mono_ms();
+    /* 10 MiB of lines on stdout, then one 1 MiB line on stderr. */
+    warren_result r = run_logged(
+        "yes 'output output output output output output output output' "
+        "| head -c 10485760\n"
+        "head -c 1048576 /dev/zero | tr '\\0' 'e' >&2\n"
+        "echo >&2\n"
+        "exit 0");
+    assert_int_equal(r, WARREN_ACK);
+    assert_true(mono_ms() - t0 < (int64_t)(20000 * scale()));
+    /* Capped: far less than what was printed was logged, marked so. */
+    assert_true(seen.lines[0] > 0);
+    assert_true(seen.bytes <= 80 * 1024);
+    /* The 1 MiB line was cut, and stdout's dropped bytes were counted. */
+    assert_true(seen.truncated >= 2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exec_map_status_follows_exit_code_table),
@@ -588,6 +771,12 @@ int main(void) {
             teardown),
         cmocka_unit_test_setup_teardown(test_malformed_specs_are_config_errors,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_exec_output_of_both_streams_is_logged_as_json_lines, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_exec_10mib_of_output_is_capped_and_never_blocks, setup,
+            teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
