@@ -1427,7 +1427,7 @@ static int backoff_eq(const warren__backoff_cfg *a,
     if (a->kind != b->kind || a->delay_ms != b->delay_ms ||
         a->initial_ms != b->initial_ms || a->multiplier != b->multiplier ||
         a->max_ms != b->max_ms || a->n_delays != b->n_delays ||
-        a->jitter != b->jitter) {
+        a->jitter != b->jitter || a->jitter_style != b->jitter_style) {
         return 0;
     }
     for (size_t i = 0; i < a->n_delays; i++) {
@@ -1451,6 +1451,9 @@ int warren__config_consumer_equal(const warren__consumer_cfg *a,
            a->retry.mode == b->retry.mode &&
            backoff_eq(&a->retry.backoff, &b->retry.backoff) &&
            a->retry.max_age_s == b->retry.max_age_s &&
+           a->retry.budget.max_tokens == b->retry.budget.max_tokens &&
+           a->retry.budget.token_ratio == b->retry.budget.token_ratio &&
+           a->retry.budget.when_exhausted == b->retry.budget.when_exhausted &&
            str_eq(a->dlq_queue, b->dlq_queue) &&
            a->max_message_bytes == b->max_message_bytes &&
            a->timeout_s == b->timeout_s && a->dedup == b->dedup &&
@@ -1459,6 +1462,7 @@ int warren__config_consumer_equal(const warren__consumer_cfg *a,
            a->breaker.window_s == b->breaker.window_s &&
            a->breaker.open_s == b->breaker.open_s &&
            a->breaker.half_open_max == b->breaker.half_open_max &&
+           str_eq(a->breaker.fallback, b->breaker.fallback) &&
            a->rate_limit_per_s == b->rate_limit_per_s;
 }
 
@@ -1474,6 +1478,7 @@ int warren__config_worker_globals_equal(const warren_config *a,
     }
     return a->broker.heartbeat_s == b->broker.heartbeat_s &&
            a->broker.connect_timeout_s == b->broker.connect_timeout_s &&
+           a->broker.confirm_timeout_ms == b->broker.confirm_timeout_ms &&
            str_eq(a->broker.ca_cert, b->broker.ca_cert) &&
            str_eq(a->broker.client_cert, b->broker.client_cert) &&
            str_eq(a->broker.client_key, b->broker.client_key) &&

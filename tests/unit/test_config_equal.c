@@ -47,8 +47,8 @@ static void test_struct_sizes_are_those_the_comparison_covers(void **state) {
     /* On a failure: compare the new field in config.c's
      * warren__config_consumer_equal / _worker_globals_equal (and add a
      * case below), then update the size here. */
-    assert_int_equal(sizeof(warren__consumer_cfg), 208);
-    assert_int_equal(sizeof(((warren_config *)0)->broker), 56);
+    assert_int_equal(sizeof(warren__consumer_cfg), 248);
+    assert_int_equal(sizeof(((warren_config *)0)->broker), 64);
     assert_int_equal(sizeof(((warren_config *)0)->store), 24);
 #else
     skip();
@@ -87,6 +87,13 @@ static void test_each_consumer_field_change_is_seen(void **state) {
         "\"breaker\": {\"consecutive_failures\": 5, \"open_s\": 9}",
         "\"breaker\": {\"consecutive_failures\": 5, \"half_open_max\": 3}",
         "\"rate_limit_per_s\": 10",
+        "\"retry\": {\"jitter_style\": \"full\"}",
+        "\"retry\": {\"budget\": {\"max_tokens\": 10}}",
+        "\"retry\": {\"budget\": {\"max_tokens\": 10, \"token_ratio\": 0.5}}",
+        "\"retry\": {\"budget\": {\"max_tokens\": 10, \"when_exhausted\": "
+        "\"pause\"}}",
+        "\"breaker\": {\"consecutive_failures\": 5, \"fallback\": "
+        "\"builtin:noop\"}",
     };
     warren_config *base = with("", "");
     warren_config *same = with("", "");
@@ -127,6 +134,7 @@ static void test_each_broker_and_store_change_is_seen(void **state) {
         "\"amqp://guest:guest@127.0.0.2:5672/%2f\"]},",
         "\"broker\": {\"heartbeat_s\": 5},",
         "\"broker\": {\"connect_timeout_s\": 3},",
+        "\"broker\": {\"confirm_timeout_ms\": 5000},",
         "\"broker\": {\"tls\": {\"ca_cert\": \"/etc/ssl/ca.pem\"}},",
         "\"broker\": {\"tls\": {\"client_cert\": \"/c.pem\", \"client_key\": "
         "\"/k.pem\"}},",
