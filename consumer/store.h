@@ -12,6 +12,8 @@
  *                                   or the owner is this very process)
  *   processing -> done | retrying | dead    outcome
  *   retrying -> processing          the retry arrives
+ *   dead -> processing              a replayed copy arrives (its replay
+ *                                   generation above the one recorded)
  *   dead, done -> (deleted)         only by forget / replay / retention
  *
  * Any other transition is refused by a trigger in SQL, not only here.
@@ -46,11 +48,20 @@ typedef struct {
      * without waiting for its lease to expire. */
     int (*pid_alive)(int pid, void *user);
     void *pid_alive_user;
+    unsigned flags; /* WARREN__STORE_F_* */
 } warren__store_opts;
 
-/* Opens (creating mode 0600 if missing, together with -wal/-shm) and
- * migrates the store at `path`. On failure returns an error, sets `*out` to
- * NULL and writes a message naming the file and the fix into `err`. */
+/* Open only a store that exists: a missing file is WARREN_ERR_NOT_FOUND
+ * (nothing created), not a new empty store. For the operator's commands
+ * (dlq, status, store), where a new empty store would hide that they look
+ * at another file than the workers (a relative store.path run from another
+ * directory, another box). Only `warren run` creates the store. */
+#define WARREN__STORE_F_MUST_EXIST 1u
+
+/* Opens (creating mode 0600 if missing, together with -wal/-shm, unless
+ * WARREN__STORE_F_MUST_EXIST) and migrates the store at `path`. On failure
+ * returns an error, sets `*out` to NULL and writes a message naming the
+ * file and the fix into `err`. */
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen);
 void warren__store_close(warren__store *s); /* NULL is a no-op */
@@ -69,6 +80,11 @@ typedef struct {
     /* in */
     const char *queue;
     const char *id; /* NUL-terminated, valid UTF-8, <= WARREN__ID_MAX */
+    /* The delivery's replay generation (x-warren-replays, 0 if absent). A
+     * `dead` record stored with a lower generation is a dead letter that
+     * was replayed since: the claim runs it afresh (attempt 1) instead of
+     * answering DEAD. `done` stays DUPLICATE whatever this says. */
+    int64_t replays;
     /* out */
     warren__claim_status status;
     int attempt;                /* attempt number of this delivery (>= 1) */
