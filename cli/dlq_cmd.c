@@ -630,7 +630,8 @@ static int open_store(const warren_config *cfg, warren__store **st) {
                              .busy_timeout_ms = cfg->store.busy_timeout_ms,
                              .lease_s = cfg->store.lease_s,
                              .owner_host = host,
-                             .owner_pid = (int)getpid()};
+                             .owner_pid = (int)getpid(),
+                             .flags = WARREN__STORE_F_MUST_EXIST};
     int rc = warren__store_open(cfg->store.path, &so, st, err, sizeof err);
     if (rc != 0) {
         cli_error("%s", err);
@@ -759,7 +760,10 @@ int cmd_dlq(int argc, char **argv) {
         if (!o.dry_run && warren__dlq_consumer(o.q)->dedup) {
             rc = open_store(cfg, &store);
             if (rc != 0) {
-                code = cli_exit_code(rc);
+                /* A missing store is the config naming another file than
+                 * the workers': nothing replayed, the DLQ untouched. */
+                code =
+                    rc == WARREN_ERR_NOT_FOUND ? EXIT_USAGE : cli_exit_code(rc);
                 goto out;
             }
             warren__dlq_set_store(o.q, store);

@@ -90,14 +90,14 @@ int cmd_status(int argc, char **argv) {
     if (cfg == NULL) {
         return EXIT_USAGE;
     }
-    warren__session *s = NULL;
-    rc = warren__session_connect(cfg, 0, &s, err, sizeof err);
-    if (rc != 0) {
-        cli_error("%s", err);
-        warren_config_free(cfg);
-        return cli_exit_code(rc);
-    }
+    /* The store is only looked at, never created: a missing file means the
+     * config names another store than the workers' (a relative path from
+     * another directory), and counts from a new empty one would mislead. */
     warren__store *st = NULL;
+    int any_dedup = 0;
+    for (int i = 0; i < cfg->n_consumers; i++) {
+        any_dedup |= cfg->consumers[i].dedup;
+    }
     char host[128] = "localhost";
     gethostname(host, sizeof host);
     host[sizeof host - 1] = '\0';
@@ -105,10 +105,26 @@ int cmd_status(int argc, char **argv) {
                              .busy_timeout_ms = cfg->store.busy_timeout_ms,
                              .lease_s = cfg->store.lease_s,
                              .owner_host = host,
-                             .owner_pid = (int)getpid()};
-    if (access(cfg->store.path, F_OK) == 0 &&
-        warren__store_open(cfg->store.path, &so, &st, err, sizeof err) != 0) {
-        cli_error("%s (store counts left out)", err);
+                             .owner_pid = (int)getpid(),
+                             .flags = WARREN__STORE_F_MUST_EXIST};
+    if (any_dedup) {
+        rc = warren__store_open(cfg->store.path, &so, &st, err, sizeof err);
+        if (rc == WARREN_ERR_NOT_FOUND) {
+            cli_error("%s", err);
+            warren_config_free(cfg);
+            return EXIT_USAGE;
+        }
+        if (rc != 0) {
+            cli_error("%s (store counts left out)", err);
+        }
+    }
+    warren__session *s = NULL;
+    rc = warren__session_connect(cfg, 0, &s, err, sizeof err);
+    if (rc != 0) {
+        cli_error("%s", err);
+        warren__store_close(st);
+        warren_config_free(cfg);
+        return cli_exit_code(rc);
     }
 
     cJSON *all = cJSON_CreateArray();

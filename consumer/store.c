@@ -332,12 +332,20 @@ static int create_file(warren__store *s) {
     if (fd < 0) {
         int e = errno;
         if (must_exist && e == ENOENT) {
-            return set_err(
-                s, WARREN_ERR_NOT_FOUND,
-                "store does not exist (nothing created): store.path must "
-                "name the file the workers use, which `warren run` creates; "
-                "a relative path is resolved from the current directory, so "
-                "run this where the workers run or make store.path absolute");
+            char cwd[PATH_MAX];
+            if (s->path[0] == '/' || getcwd(cwd, sizeof cwd) == NULL) {
+                return set_err(s, WARREN_ERR_NOT_FOUND,
+                               "store does not exist (nothing created): "
+                               "store.path must name the file the workers "
+                               "use, which `warren run` creates");
+            }
+            return set_err(s, WARREN_ERR_NOT_FOUND,
+                           "store does not exist in %s (nothing created): "
+                           "store.path must name the file the workers use, "
+                           "which `warren run` creates; a relative path is "
+                           "resolved from the current directory, so run this "
+                           "where the workers run or make store.path absolute",
+                           cwd);
         }
         if (e == EACCES || e == EROFS || e == EPERM || e == ETXTBSY) {
             return set_err(s, WARREN_ERR_STORE, "read-only: %s: %s",
