@@ -308,7 +308,13 @@ void warren__dlq_entry_fill(warren__dlq_entry *e, const warren__consumer_cfg *c,
     e->dead_at_ms = hdr_int(msg, "x-warren-dead-at", 0);
     e->first_failed_at_ms = hdr_int(msg, "x-warren-first-failed-at", 0);
     e->replays = hdr_int(msg, "x-warren-replays", 0);
+    /* A body over the read limit was drained, not kept: its size is the
+     * announced one. */
     e->body_len = msg->body_len;
+    if (msg->body_size_announced > msg->body_len) {
+        e->body_len = msg->body_size_announced;
+        e->body_unread = 1;
+    }
     if (c->dedup && warren__msgid_extract(c, msg, e->id, why, sizeof why) ==
                         WARREN__ID_USE) {
         e->has_dedup_id = 1;
