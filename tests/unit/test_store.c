@@ -808,8 +808,8 @@ static void test_replayed_dead_id_twice_in_one_batch_runs_once(void **state) {
     assert_int_equal(cs[1].status, WARREN__CLAIM_BUSY);
 }
 
-static void test_trigger_lets_dead_out_only_for_a_later_generation(
-    void **state) {
+static void
+test_trigger_lets_dead_out_only_for_a_later_generation(void **state) {
     fixture *f = *state;
     char err[256];
     f->a = open_as(f, "host-a", 1000);
@@ -842,8 +842,8 @@ static void test_trigger_lets_dead_out_only_for_a_later_generation(
     assert_state(f, "d1", "processing");
 }
 
-static void test_must_exist_refuses_a_missing_file_and_creates_nothing(
-    void **state) {
+static void
+test_must_exist_refuses_a_missing_file_and_creates_nothing(void **state) {
     fixture *f = *state;
     warren__store_opts o = opts_for(f, "host-a", 1000);
     warren__store *s = (warren__store *)&o;
