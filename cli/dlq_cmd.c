@@ -252,6 +252,14 @@ static int show_match(const warren__dlq_entry *e, const warren__delivery *d,
            e->has_dedup_id ? "" : " (no dedup id: AMQP message_id)");
     printf("position:  %llu of %u in %s\n", (unsigned long long)e->position,
            warren__dlq_depth(o->q), warren__dlq_name_of(o->q));
+    if (e->error[0]) {
+        /* x-warren-error, or for a letter the broker dead-lettered, what
+         * its x-death says (shown in full below). */
+        char when[64];
+        local_time(e->dead_at_ms, when, sizeof when);
+        printf("error:     %s\n", e->error);
+        printf("dead at:   %s (local)\n", when);
+    }
     printf("properties:\n");
     const cJSON *it;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "properties")) {
@@ -350,8 +358,10 @@ static int export_match(const warren__dlq_entry *e, const warren__delivery *d,
     if (j == NULL) {
         return WARREN_ERR_NOMEM;
     }
-    /* Informative only: import reads properties, headers and body. */
+    /* Informative only: import reads properties, headers and body. The
+     * error is also derived for letters the broker dead-lettered. */
     cJSON_AddStringToObject(j, "id", e->id);
+    cJSON_AddStringToObject(j, "error", e->error);
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     if (text == NULL) {
