@@ -1076,6 +1076,32 @@ int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
     return rc;
 }
 
+int warren__store_busy_many(warren__store *s, const char *const *queues,
+                            const char *const *ids, size_t n, int64_t now_ms,
+                            int *results) {
+    if (s == NULL ||
+        (n > 0 && (queues == NULL || ids == NULL || results == NULL))) {
+        return WARREN_ERR_INVAL;
+    }
+    sqlite3_stmt *st = s->st[ST_FORGET_SELECT];
+    for (size_t i = 0; i < n; i++) {
+        results[i] = 0;
+        bind_key(st, queues[i], ids[i]);
+        int step = sqlite3_step(st);
+        if (step == SQLITE_ROW &&
+            strcmp((const char *)sqlite3_column_text(st, 0), "processing") ==
+                0 &&
+            sqlite3_column_int64(st, 1) > now_ms) {
+            results[i] = WARREN_ERR_STORE_BUSY;
+        }
+        sqlite3_reset(st);
+        if (step != SQLITE_ROW && step != SQLITE_DONE) {
+            return sql_fail(s, step, "look up claims");
+        }
+    }
+    return 0;
+}
+
 int warren__store_forget(warren__store *s, const char *queue, const char *id,
                          int64_t now_ms) {
     return forget(s, queue, id, now_ms, 0);

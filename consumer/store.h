@@ -160,6 +160,15 @@ int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
                                    const char *const *ids, size_t n,
                                    int64_t now_ms, int *results);
 
+/* Looks up `n` keys without changing anything (no write lock): sets
+ * results[i] to WARREN_ERR_STORE_BUSY if (queues[i], ids[i]) is processing
+ * under a live lease, else 0 (any other state, or no record). Returns 0 or
+ * an error. Used by dlq replay, once per window, to leave the dead letters
+ * of ids being processed right now in place. */
+int warren__store_busy_many(warren__store *s, const char *const *queues,
+                            const char *const *ids, size_t n, int64_t now_ms,
+                            int *results);
+
 /* Rows per (queue, state). Calls `fn` once per pair. */
 int warren__store_stats(warren__store *s,
                         void (*fn)(const char *queue, const char *state,

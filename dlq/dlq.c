@@ -10,8 +10,9 @@
  * basic.cancel and a nack-requeue of all outstanding tags, which RabbitMQ
  * puts back at its original position (with the redelivered flag set).
  * Replay works in windows: the selected deliveries of a window are kept,
- * their dead records released in the store, their copies published back to
- * back, and the confirms awaited once, before one ack settles the window.
+ * those whose id is being processed right now left out, their copies (one
+ * replay generation up) published back to back, and the confirms awaited
+ * once, before one ack settles the window.
  */
 #include "dlq.h"
 
@@ -276,11 +277,14 @@ static int settle(warren__dlq *q, const warren__dlq_ops *ops,
     return rc;
 }
 
-/* Releases the dead records of the window's ids in one store transaction
- * (one sync per window), so that dedup lets their copies run. An id a
- * worker is processing right now is marked busy and not replayed. On a
- * store error nothing of the window is published. */
-static int forget_window(warren__dlq *q, int64_t now) {
+/* Marks busy, so not replayed, the window's ids a worker is processing
+ * right now. Nothing in the store is changed: a copy runs because it
+ * carries a higher replay generation than its dead record (store.h), in
+ * whichever store holds that record. Deleting the dead record instead
+ * would only work in the store opened here, and would let a stale second
+ * copy of the id (a DLQ copy left behind by an interrupted replay) run
+ * too. On a store error nothing of the window is published. */
+static int check_busy_window(warren__dlq *q, int64_t now) {
     const char *queues[DEFAULT_WINDOW], *ids[DEFAULT_WINDOW];
     int results[DEFAULT_WINDOW];
     size_t n = 0, at[DEFAULT_WINDOW];
@@ -289,8 +293,8 @@ static int forget_window(warren__dlq *q, int64_t now) {
     }
     for (size_t i = 0; i <= q->n_slots; i++) {
         if (n == DEFAULT_WINDOW || (i == q->n_slots && n > 0)) {
-            int rc = warren__store_forget_dead_many(q->store, queues, ids, n,
-                                                    now, results);
+            int rc =
+                warren__store_busy_many(q->store, queues, ids, n, now, results);
             if (rc != 0) {
                 set_err(q, "%s", warren__store_errstr(q->store));
                 return rc;
@@ -323,7 +327,7 @@ static int publish_window(warren__dlq *q, const warren__dlq_ops *ops,
                           warren__dlq_stats *st) {
     int64_t now = warren__now_ms();
     size_t i = 0;
-    int rc = forget_window(q, now);
+    int rc = check_busy_window(q, now);
     for (; rc == 0 && i < q->n_slots; i++) {
         slot *sl = q->slots[i];
         if (sl->busy) {

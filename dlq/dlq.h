@@ -144,8 +144,10 @@ const char *warren__dlq_name_of(const warren__dlq *q);
 const warren__consumer_cfg *warren__dlq_consumer(const warren__dlq *q);
 uint32_t warren__dlq_depth(const warren__dlq *q); /* at open */
 
-/* Uses `st` (borrowed) to forget dead records before a replay. Without a
- * store nothing is forgotten (consumers without dedup). */
+/* Uses `st` (borrowed) to leave in place the dead letters of ids being
+ * processed right now. The store is not changed: a replayed copy runs by
+ * its higher replay generation (x-warren-replays). May be NULL (consumers
+ * without dedup). */
 void warren__dlq_set_store(warren__dlq *q, warren__store *st);
 
 /* What to do with a selected dead letter. */

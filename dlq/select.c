@@ -449,7 +449,9 @@ int warren__dlq_replay_headers(const amqp_table_t *in, int clean,
     }
     e[n].key = amqp_cstring_bytes("x-warren-replays");
     e[n].value.kind = AMQP_FIELD_KIND_I64;
-    e[n].value.value.i64 = replays + 1;
+    /* Saturates: a copy of generation INT64_MAX (a forged header) cannot
+     * be replayed past its dead record; `warren store forget` then. */
+    e[n].value.value.i64 = replays < INT64_MAX ? replays + 1 : replays;
     n++;
     if (!clean) {
         e[n].key = amqp_cstring_bytes("x-warren-replayed-at");

@@ -23,12 +23,14 @@ static struct {
     char *dir;
     char q[96], dlq[128];
     char cfg_a[512], cfg_b[512], cfg_c[512], db_a[512], db_b[512], db_c[512];
-    char log[512], out[512], script[512], ran[512], fixed[512];
+    char log[512], out[512], script[512], ran[512], fixed[512], tried[512];
     amqp_connection_state_t conn;
 } g;
 
-/* Fails unless $FIXED_FILE exists; then records the id and succeeds. */
+/* Records every attempt in $TRIED_FILE; fails unless $FIXED_FILE exists,
+ * then records the id in $RAN_FILE and succeeds. */
 static const char *handler = "#!/bin/sh\n"
+                             "echo \"$WARREN_MESSAGE_ID\" >> \"$TRIED_FILE\"\n"
                              "if [ -e \"$FIXED_FILE\" ]; then\n"
                              "  echo \"$WARREN_MESSAGE_ID\" >> \"$RAN_FILE\"\n"
                              "  exit 0\n"
@@ -86,6 +88,7 @@ static int group_setup(void **state) {
     snprintf(g.script, sizeof g.script, "%s/handler.sh", g.dir);
     snprintf(g.ran, sizeof g.ran, "%s/ran", g.dir);
     snprintf(g.fixed, sizeof g.fixed, "%s/fixed", g.dir);
+    snprintf(g.tried, sizeof g.tried, "%s/tried", g.dir);
     itest_write_file(g.script, handler);
     assert_int_equal(chmod(g.script, 0700), 0);
     const char *boxes[] = {"a", "b", "c"};
@@ -100,6 +103,7 @@ static int group_setup(void **state) {
     }
     setenv("FIXED_FILE", g.fixed, 1);
     setenv("RAN_FILE", g.ran, 1);
+    setenv("TRIED_FILE", g.tried, 1);
     g.conn = itest_connect();
     const char *decl[] = {"topology", "declare", "-c", g.cfg_a, NULL};
     assert_int_equal(run_warren(decl), 0);
@@ -195,13 +199,15 @@ static void test_replay_from_another_store_runs_the_message_once(void **state) {
     copy_store(g.db_a, g.db_b);
 
     itest_write_file(g.fixed, "");
-    const char *replay[] = {"dlq",   "replay", "-c",    g.cfg_b, "--queue",
-                            g.q,     "--all",  "--yes", NULL};
+    const char *replay[] = {"dlq", "replay", "-c",    g.cfg_b, "--queue",
+                            g.q,   "--all",  "--yes", NULL};
     assert_int_equal(run_warren(replay), 0);
     assert_true(out_has("replayed 1, skipped 0, failed 0"));
     assert_int_equal(itest_queue_depth(g.conn, g.dlq), 0);
     record_state(g.db_a, "r-1", st, sizeof st);
     assert_string_equal(st, "dead"); /* the worker's store did not change */
+    record_state(g.db_b, "r-1", st, sizeof st);
+    assert_string_equal(st, "dead"); /* nor the one replay opened */
 
     unlink(g.log);
     w = start_worker();
@@ -261,6 +267,69 @@ static void test_same_generation_copy_of_dead_id_is_not_run(void **state) {
     itest_queue_purge(g.conn, g.dlq);
 }
 
+typedef struct {
+    long dlq, settled;
+} dlq_and_settled;
+
+static int dlq_and_settled_are(void *arg) {
+    dlq_and_settled *a = arg;
+    return itest_queue_depth(g.conn, g.dlq) == a->dlq &&
+           itest_queue_depth(g.conn, g.q) == 0 &&
+           itest_settled_count(g.log) >= a->settled;
+}
+
+/* An interrupted replay can leave a DLQ copy behind whose replayed copy
+ * already ran (and died again): the DLQ then holds two letters of the id,
+ * generations 0 and 1. Replaying both runs the id once (the newer one),
+ * from the same store as the worker's: the stale one is acked as dead. */
+static void test_stale_leftover_letter_does_not_rerun_the_id(void **state) {
+    (void)state;
+    char st[32];
+    unlink(g.fixed);
+    unlink(g.tried);
+    unlink(g.log);
+    itest_queue_purge(g.conn, g.dlq);
+    amqp_table_entry_t e[1];
+    e[0].key = amqp_cstring_bytes("x-warren-replays");
+    e[0].value.kind = AMQP_FIELD_KIND_I64;
+    e[0].value.value.i64 = 1;
+    amqp_table_t gen1 = {1, e};
+    /* The leftover: generation 0, as the first death left it. */
+    itest_publish(g.conn, "", g.dlq, "r-3", "{\"n\":3}", 7);
+    /* The replayed copy (generation 1) died again: recorded dead at 1. */
+    itest_publish_headers(g.conn, "", g.q, "r-3", "{\"n\":3}", 7, &gen1);
+    pid_t w = start_worker();
+    depth_arg a = {g.dlq, 2};
+    int dead = itest_wait_until(depth_is, &a, 30);
+    stop_worker(w);
+    assert_true(dead);
+    assert_int_equal(itest_count_lines(g.tried), 1);
+
+    const char *replay[] = {"dlq", "replay", "-c",    g.cfg_a, "--queue",
+                            g.q,   "--all",  "--yes", NULL};
+    assert_int_equal(run_warren(replay), 0);
+    assert_true(out_has("replayed 2, skipped 0, failed 0"));
+    unlink(g.log);
+    w = start_worker();
+    /* The generation-1 copy of the leftover is acked as dead (settled),
+     * the generation-2 copy runs once and dies: one letter, one attempt. */
+    dlq_and_settled want = {1, 1};
+    int done = itest_wait_until(dlq_and_settled_are, &want, 30);
+    stop_worker(w);
+    assert_true(done);
+    assert_int_equal(itest_count_lines(g.tried), 2);
+    assert_int_equal(itest_queue_depth(g.conn, g.dlq), 1);
+    record_state(g.db_a, "r-3", st, sizeof st);
+    assert_string_equal(st, "dead");
+    itest_msg m;
+    assert_int_equal(itest_get(g.conn, g.dlq, &m, 0), 1);
+    const amqp_field_value_t *v = itest_msg_header(&m, "x-warren-replays");
+    assert_non_null(v);
+    assert_int_equal(v->kind, AMQP_FIELD_KIND_I64);
+    assert_int_equal(v->value.i64, 2);
+    itest_msg_free(&m);
+}
+
 static void test_missing_store_is_an_error_not_a_new_file(void **state) {
     (void)state;
     struct stat sb;
@@ -268,8 +337,8 @@ static void test_missing_store_is_an_error_not_a_new_file(void **state) {
     itest_queue_purge(g.conn, g.dlq);
     itest_publish(g.conn, "", g.dlq, "m-1", "{}", 2);
 
-    const char *replay[] = {"dlq",   "replay", "-c",    g.cfg_c, "--queue",
-                            g.q,     "--all",  "--yes", NULL};
+    const char *replay[] = {"dlq", "replay", "-c",    g.cfg_c, "--queue",
+                            g.q,   "--all",  "--yes", NULL};
     assert_int_equal(run_warren(replay), 2);
     assert_true(out_has(g.db_c));
     assert_true(out_has("does not exist"));
@@ -289,7 +358,7 @@ static void test_missing_store_is_an_error_not_a_new_file(void **state) {
     assert_true(out_has("does not exist"));
     assert_int_equal(stat(g.db_c, &sb), -1);
 
-    const char *forget[] = {"store", "forget", "-c",   g.cfg_c, "--queue",
+    const char *forget[] = {"store", "forget", "-c",  g.cfg_c, "--queue",
                             g.q,     "--id",   "m-1", NULL};
     assert_int_equal(run_warren(forget), 2);
     assert_int_equal(stat(g.db_c, &sb), -1);
@@ -309,6 +378,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replay_from_another_store_runs_the_message_once),
         cmocka_unit_test(test_same_generation_copy_of_dead_id_is_not_run),
+        cmocka_unit_test(test_stale_leftover_letter_does_not_rerun_the_id),
         cmocka_unit_test(test_missing_store_is_an_error_not_a_new_file),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
