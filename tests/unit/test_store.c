@@ -1285,6 +1285,29 @@ static void stats_cb(const char *queue, const char *st, int64_t rows,
     a->total += rows;
 }
 
+static void test_busy_many_reports_only_live_claims(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1(f->a, Q, "live", 5, T0, &c), 0);
+    assert_int_equal(claim1(f->a, Q, "old", 5, T0 - LEASE_S * 1000 - 1, &c), 0);
+    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "dead1", WARREN__OUT_DEAD, "x", T0), 0);
+    const char *queues[] = {Q, Q, Q, Q};
+    const char *ids[] = {"live", "old", "dead1", "none"};
+    int results[4] = {7, 7, 7, 7};
+    assert_int_equal(
+        warren__store_busy_many(f->a, queues, ids, 4, T0 + 1, results), 0);
+    assert_int_equal(results[0], WARREN_ERR_STORE_BUSY);
+    assert_int_equal(results[1], 0); /* lease expired */
+    assert_int_equal(results[2], 0);
+    assert_int_equal(results[3], 0);
+    /* Only looked: the dead record is still there, nothing else added. */
+    assert_state(f, "dead1", "dead");
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM messages"), 3);
+    assert_false(warren__store_in_txn(f->a));
+}
+
 static void test_stats_counts_rows_per_queue_and_state(void **state) {
     fixture *f = *state;
     warren__claim c;
@@ -1362,6 +1385,7 @@ int main(void) {
         T(test_forget_lets_an_id_run_again),
         T(test_forget_dead_releases_dead_and_keeps_done),
         T(test_forget_dead_many_releases_only_dead_in_one_txn),
+        T(test_busy_many_reports_only_live_claims),
         T(test_stats_counts_rows_per_queue_and_state),
         T(test_close_null_is_noop_and_path_is_kept),
     };
