@@ -591,6 +591,29 @@ static void test_broker_dead_letter_is_described_from_x_death(void **state) {
     assert_int_equal(e.dead_at_ms, 0);
 }
 
+/* The replay generation goes up by one, and saturates rather than wrap
+ * (a wrapped, negative one would read as 0 and never re-run a dead id). */
+static void test_replay_generation_saturates(void **state) {
+    (void)state;
+    amqp_table_entry_t e[1];
+    e[0].key = amqp_cstring_bytes("x-warren-replays");
+    e[0].value.kind = AMQP_FIELD_KIND_I64;
+    e[0].value.value.i64 = INT64_MAX;
+    amqp_table_t in = {1, e}, out;
+    amqp_pool_t pool;
+    init_amqp_pool(&pool, 1024);
+    assert_int_equal(warren__dlq_replay_headers(&in, 1, 0, &pool, &out), 0);
+    struct warren_msg m = {.headers = &out};
+    int64_t v = 0;
+    assert_int_equal(warren_msg_header_int(&m, "x-warren-replays", &v), 0);
+    assert_true(v == INT64_MAX);
+    e[0].value.value.i64 = 41;
+    assert_int_equal(warren__dlq_replay_headers(&in, 1, 0, &pool, &out), 0);
+    assert_int_equal(warren_msg_header_int(&m, "x-warren-replays", &v), 0);
+    assert_int_equal(v, 42);
+    empty_amqp_pool(&pool);
+}
+
 /* A body over the read limit: its announced size, marked unread. */
 static void test_unread_body_keeps_its_announced_size(void **state) {
     (void)state;
@@ -629,6 +652,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_lines_say_what_is_wrong),
         cmocka_unit_test(test_broker_dead_letter_is_described_from_x_death),
         cmocka_unit_test(test_unread_body_keeps_its_announced_size),
+        cmocka_unit_test(test_replay_generation_saturates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
