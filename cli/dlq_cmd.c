@@ -36,6 +36,7 @@ typedef struct {
     warren__dlq_filter f;
     int json, all, yes, clean, dry_run, force, remove, skip_bad;
     double rate;
+    uint64_t max_body; /* --max-body; 0: WARREN__DLQ_MAX_BODY */
     /* run state */
     warren__dlq *q;
     FILE *fp;
@@ -44,6 +45,7 @@ typedef struct {
     int tty;
     int64_t start_ms;
     uint64_t printed;
+    uint64_t unread; /* export: left in place, body over --max-body */
 } opts;
 
 static int term_width(void) {
@@ -123,6 +125,12 @@ static cJSON *entry_json(const warren__dlq_entry *e,
     cJSON_AddStringToObject(o, "worker", e->worker);
     cJSON_AddNumberToObject(o, "replays", (double)e->replays);
     cJSON_AddNumberToObject(o, "body_bytes", (double)e->body_len);
+    if (e->body_unread) {
+        /* Not an empty body: one not read. null keeps the line from being
+         * imported as if it were the message. */
+        cJSON_ReplaceItemInObjectCaseSensitive(o, "body", cJSON_CreateNull());
+        cJSON_AddBoolToObject(o, "body_unread", 1);
+    }
     cJSON_AddBoolToObject(o, "redelivered", d->msg.redelivered);
     return o;
 }
@@ -244,6 +252,14 @@ static int show_match(const warren__dlq_entry *e, const warren__delivery *d,
            e->has_dedup_id ? "" : " (no dedup id: AMQP message_id)");
     printf("position:  %llu of %u in %s\n", (unsigned long long)e->position,
            warren__dlq_depth(o->q), warren__dlq_name_of(o->q));
+    if (e->error[0]) {
+        /* x-warren-error, or for a letter the broker dead-lettered, what
+         * its x-death says (shown in full below). */
+        char when[64];
+        local_time(e->dead_at_ms, when, sizeof when);
+        printf("error:     %s\n", e->error);
+        printf("dead at:   %s (local)\n", when);
+    }
     printf("properties:\n");
     const cJSON *it;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "properties")) {
@@ -257,6 +273,14 @@ static int show_match(const warren__dlq_entry *e, const warren__delivery *d,
     const char *body = (const char *)d->msg.body;
     size_t len = d->msg.body_len;
     cJSON *parsed = NULL;
+    if (e->body_unread) {
+        printf("body (%llu bytes): not read, larger than --max-body %llu\n",
+               (unsigned long long)e->body_len,
+               (unsigned long long)(o->max_body ? o->max_body
+                                                : WARREN__DLQ_MAX_BODY));
+        o->printed++;
+        return WARREN__DLQ_STOP;
+    }
     if (warren__utf8_valid(body, len)) {
         parsed = cJSON_ParseWithLength(body, len);
     }
@@ -318,12 +342,26 @@ static void progress(const warren__dlq_stats *st, void *user) {
 static int export_match(const warren__dlq_entry *e, const warren__delivery *d,
                         void *user) {
     opts *o = user;
+    if (e->body_unread) {
+        /* Never written without its whole body, so never removed. */
+        cli_error("export: %s (position %llu): its %llu-byte body is larger "
+                  "than --max-body %llu: not exported, left in the DLQ "
+                  "(raise --max-body to export it)",
+                  e->id[0] ? e->id : "(no id)", (unsigned long long)e->position,
+                  (unsigned long long)e->body_len,
+                  (unsigned long long)(o->max_body ? o->max_body
+                                                   : WARREN__DLQ_MAX_BODY));
+        o->unread++;
+        return WARREN__DLQ_KEEP;
+    }
     cJSON *j = warren__dlq_to_json(d->msg.props, d->msg.body, d->msg.body_len);
     if (j == NULL) {
         return WARREN_ERR_NOMEM;
     }
-    /* Informative only: import reads properties, headers and body. */
+    /* Informative only: import reads properties, headers and body. The
+     * error is also derived for letters the broker dead-lettered. */
     cJSON_AddStringToObject(j, "id", e->id);
+    cJSON_AddStringToObject(j, "error", e->error);
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     if (text == NULL) {
@@ -438,7 +476,8 @@ static int parse_args(int argc, char **argv, opts *o) {
         O_IN,
         O_FORCE,
         O_REMOVE,
-        O_SKIP_BAD
+        O_SKIP_BAD,
+        O_MAX_BODY
     };
     static const struct option lo[] = {
         {"config", required_argument, 0, 'c'},
@@ -461,6 +500,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         {"force", no_argument, 0, O_FORCE},
         {"remove", no_argument, 0, O_REMOVE},
         {"skip-bad", no_argument, 0, O_SKIP_BAD},
+        {"max-body", required_argument, 0, O_MAX_BODY},
         {0, 0, 0, 0}};
     char err[512], *end;
     int opt;
@@ -553,6 +593,19 @@ static int parse_args(int argc, char **argv, opts *o) {
         case O_SKIP_BAD:
             o->skip_bad = 1;
             break;
+        case O_MAX_BODY: {
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end || errno || optarg[0] == '-' || v == 0 ||
+                v > ((unsigned long long)1 << 32)) {
+                cli_error("dlq: --max-body '%s': expected bytes, 1 to "
+                          "4294967296",
+                          optarg);
+                return -1;
+            }
+            o->max_body = v;
+            break;
+        }
         case ':':
             cli_error("dlq: %s needs a value", argv[optind - 1]);
             return -1;
@@ -630,7 +683,8 @@ static int open_store(const warren_config *cfg, warren__store **st) {
                              .busy_timeout_ms = cfg->store.busy_timeout_ms,
                              .lease_s = cfg->store.lease_s,
                              .owner_host = host,
-                             .owner_pid = (int)getpid()};
+                             .owner_pid = (int)getpid(),
+                             .flags = WARREN__STORE_F_MUST_EXIST};
     int rc = warren__store_open(cfg->store.path, &so, st, err, sizeof err);
     if (rc != 0) {
         cli_error("%s", err);
@@ -716,6 +770,7 @@ int cmd_dlq(int argc, char **argv) {
     o.start_ms = warren__mono_ms();
     ops.user = &o;
     ops.stop = &g_stop;
+    ops.max_body = o.max_body;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -759,7 +814,10 @@ int cmd_dlq(int argc, char **argv) {
         if (!o.dry_run && warren__dlq_consumer(o.q)->dedup) {
             rc = open_store(cfg, &store);
             if (rc != 0) {
-                code = cli_exit_code(rc);
+                /* A missing store is the config naming another file than
+                 * the workers': nothing replayed, the DLQ untouched. */
+                code =
+                    rc == WARREN_ERR_NOT_FOUND ? EXIT_USAGE : cli_exit_code(rc);
                 goto out;
             }
             warren__dlq_set_store(o.q, store);
@@ -794,6 +852,9 @@ int cmd_dlq(int argc, char **argv) {
     }
     if (strcmp(o.sub, "list") == 0) {
         FILE *to = o.json ? stderr : stdout;
+        /* The rows first: with 2>&1 the count line must not land inside
+         * a JSON line still in stdout's buffer. */
+        fflush(stdout);
         fprintf(to,
                 "%llu dead letter(s) shown, %llu matched of %llu read "
                 "(%llu in %s)\n",
@@ -821,6 +882,12 @@ int cmd_dlq(int argc, char **argv) {
     } else if (strcmp(o.sub, "export") == 0) {
         printf("exported %llu to %s%s\n", (unsigned long long)o.printed, o.out,
                o.remove ? " (removed from the DLQ once written)" : "");
+        if (o.unread > 0) {
+            printf("not exported: %llu with a body over --max-body, left in "
+                   "the DLQ\n",
+                   (unsigned long long)o.unread);
+            code = EXIT_PARTIAL;
+        }
     }
     if (code == EXIT_OK) {
         if (st.failed > 0) {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "dlq.h"
 #include "log.h"
 #include "session.h"
 #include "store.h"
@@ -48,17 +49,20 @@ static long depth(warren__session *s, const char *queue, long *consumers) {
     return (long)m;
 }
 
-/* Age in seconds of the oldest dead letter (its x-warren-dead-at), or -1.
- * The head is read with basic.get and rejected with requeue, which puts it
- * back where it was. */
-static long oldest_age_s(warren__session *s, const char *dlq) {
+/* Age in seconds of the oldest dead letter (its x-warren-dead-at, or the
+ * time in x-death for one the broker dead-lettered), or -1. The head is
+ * read with basic.get and rejected with requeue, which puts it back where
+ * it was. */
+static long oldest_age_s(warren__session *s, const warren__consumer_cfg *c,
+                         const char *dlq) {
     warren__delivery d;
+    warren__dlq_entry e;
     long age = -1;
-    int64_t at;
     warren__delivery_init(&d);
     if (warren__session_get(s, dlq, &d, 1u << 20) == 1) {
-        if (warren_msg_header_int(&d.msg, "x-warren-dead-at", &at) == 0) {
-            age = (long)((warren__now_ms() - at) / 1000);
+        warren__dlq_entry_fill(&e, c, &d.msg);
+        if (e.dead_at_ms > 0) {
+            age = (long)((warren__now_ms() - e.dead_at_ms) / 1000);
         }
         warren__session_nack(s, d.msg.delivery_tag, 0, 1);
     }
@@ -90,14 +94,14 @@ int cmd_status(int argc, char **argv) {
     if (cfg == NULL) {
         return EXIT_USAGE;
     }
-    warren__session *s = NULL;
-    rc = warren__session_connect(cfg, 0, &s, err, sizeof err);
-    if (rc != 0) {
-        cli_error("%s", err);
-        warren_config_free(cfg);
-        return cli_exit_code(rc);
-    }
+    /* The store is only looked at, never created: a missing file means the
+     * config names another store than the workers' (a relative path from
+     * another directory), and counts from a new empty one would mislead. */
     warren__store *st = NULL;
+    int any_dedup = 0;
+    for (int i = 0; i < cfg->n_consumers; i++) {
+        any_dedup |= cfg->consumers[i].dedup;
+    }
     char host[128] = "localhost";
     gethostname(host, sizeof host);
     host[sizeof host - 1] = '\0';
@@ -105,10 +109,26 @@ int cmd_status(int argc, char **argv) {
                              .busy_timeout_ms = cfg->store.busy_timeout_ms,
                              .lease_s = cfg->store.lease_s,
                              .owner_host = host,
-                             .owner_pid = (int)getpid()};
-    if (access(cfg->store.path, F_OK) == 0 &&
-        warren__store_open(cfg->store.path, &so, &st, err, sizeof err) != 0) {
-        cli_error("%s (store counts left out)", err);
+                             .owner_pid = (int)getpid(),
+                             .flags = WARREN__STORE_F_MUST_EXIST};
+    if (any_dedup) {
+        rc = warren__store_open(cfg->store.path, &so, &st, err, sizeof err);
+        if (rc == WARREN_ERR_NOT_FOUND) {
+            cli_error("%s", err);
+            warren_config_free(cfg);
+            return EXIT_USAGE;
+        }
+        if (rc != 0) {
+            cli_error("%s (store counts left out)", err);
+        }
+    }
+    warren__session *s = NULL;
+    rc = warren__session_connect(cfg, 0, &s, err, sizeof err);
+    if (rc != 0) {
+        cli_error("%s", err);
+        warren__store_close(st);
+        warren_config_free(cfg);
+        return cli_exit_code(rc);
     }
 
     cJSON *all = cJSON_CreateArray();
@@ -143,8 +163,9 @@ int cmd_status(int argc, char **argv) {
         long dd = depth(s, dlq, NULL);
         cJSON_AddStringToObject(o, "dlq", dlq);
         cJSON_AddNumberToObject(o, "dlq_depth", (double)dd);
-        cJSON_AddNumberToObject(o, "dlq_oldest_age_s",
-                                (double)(dd > 0 ? oldest_age_s(s, dlq) : -1));
+        cJSON_AddNumberToObject(
+            o, "dlq_oldest_age_s",
+            (double)(dd > 0 ? oldest_age_s(s, c, dlq) : -1));
         store_rows sr = {c->queue, cJSON_AddObjectToObject(o, "store")};
         if (st) {
             warren__store_stats(st, add_row, &sr);

@@ -42,7 +42,8 @@ static int open_for_cli(const warren_config *cfg, warren__store **st) {
                             .busy_timeout_ms = cfg->store.busy_timeout_ms,
                             .lease_s = cfg->store.lease_s,
                             .owner_host = host,
-                            .owner_pid = (int)getpid()};
+                            .owner_pid = (int)getpid(),
+                            .flags = WARREN__STORE_F_MUST_EXIST};
     int rc = warren__store_open(cfg->store.path, &o, st, err, sizeof err);
     if (rc != 0) {
         cli_error("%s", err);
@@ -96,6 +97,12 @@ int cmd_store(int argc, char **argv) {
     }
     warren__store *st = NULL;
     rc = open_for_cli(cfg, &st);
+    if (rc == WARREN_ERR_NOT_FOUND) {
+        /* No such file: the config names another store than the workers'
+         * (they create it); an empty new one would show nothing. */
+        warren_config_free(cfg);
+        return EXIT_USAGE;
+    }
     if (rc == 0 && strcmp(sub, "stats") == 0) {
         stats_ctx sc = {json ? cJSON_CreateArray() : NULL};
         struct stat sb;

@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 /* The schema version this build writes and understands. */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 /* Bound on last_error as stored; the handler's reason is at most this. */
 #define STORED_ERROR_MAX 1024
 /* The -wal file is truncated back to this after a checkpoint, so a burst
@@ -61,6 +61,7 @@ enum {
     ST_FORGET_SELECT,
     ST_FORGET_DELETE,
     ST_STATS,
+    ST_REVIVE,
     ST_COUNT
 };
 
@@ -75,16 +76,16 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT] =
         "INSERT INTO messages(queue, id, state, attempts, deliveries, "
         "owner_host, owner_pid, owner_token, lease_until, first_failed_at, "
-        "last_error, created_at, updated_at) "
+        "last_error, created_at, updated_at, replays) "
         "VALUES(?1, ?2, 'processing', 1, 1, ?3, ?4, ?5, ?6, NULL, NULL, ?7, "
-        "?7) ON CONFLICT DO NOTHING",
+        "?7, ?8) ON CONFLICT DO NOTHING",
     [ST_SELECT] = "SELECT state, attempts, deliveries, owner_host, owner_pid, "
-                  "owner_token, lease_until, first_failed_at, last_error "
-                  "FROM messages WHERE queue = ?1 AND id = ?2",
+                  "owner_token, lease_until, first_failed_at, last_error, "
+                  "replays FROM messages WHERE queue = ?1 AND id = ?2",
     [ST_TAKE] = "UPDATE messages SET state = 'processing', attempts = ?3, "
                 "deliveries = ?4, owner_host = ?5, owner_pid = ?6, "
-                "owner_token = ?7, lease_until = ?8, updated_at = ?9 "
-                "WHERE queue = ?1 AND id = ?2",
+                "owner_token = ?7, lease_until = ?8, updated_at = ?9, "
+                "replays = ?10 WHERE queue = ?1 AND id = ?2",
     [ST_DONE] = "UPDATE messages SET state = 'done', lease_until = 0, "
                 "updated_at = ?4 "
                 "WHERE queue = ?1 AND id = ?2 AND owner_token = ?3",
@@ -115,6 +116,13 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FORGET_DELETE] = "DELETE FROM messages WHERE queue = ?1 AND id = ?2",
     [ST_STATS] = "SELECT queue, state, count(*) FROM messages "
                  "GROUP BY queue, state ORDER BY queue, state",
+    /* A dead id whose replayed copy arrives: a fresh attempt chain. */
+    [ST_REVIVE] = "UPDATE messages SET state = 'processing', attempts = 1, "
+                  "deliveries = 1, owner_host = ?3, owner_pid = ?4, "
+                  "owner_token = ?5, lease_until = ?6, first_failed_at = NULL, "
+                  "last_error = NULL, updated_at = ?7, replays = ?8 "
+                  "WHERE queue = ?1 AND id = ?2 AND state = 'dead' "
+                  "AND replays < ?8",
 };
 
 /* Version 1. A rowid table with UNIQUE(queue, id) rather than a WITHOUT
@@ -158,6 +166,24 @@ static const char schema_v1[] =
     " processing'); END;"
     "PRAGMA user_version = 1;";
 
+/* Version 2: the replay generation of each record (issue 18). `replays` is
+ * the x-warren-replays of the delivery that claimed the record last, so a
+ * `dead` record holds the generation its DLQ copy carries; `warren dlq
+ * replay` publishes generation + 1, and that copy may move the record from
+ * dead back to processing (a fresh attempt chain), whatever store the
+ * replay itself looked at. Nothing else may: the trigger still refuses any
+ * other way out of dead, and every way out of done. */
+static const char schema_v2[] =
+    "ALTER TABLE messages ADD COLUMN replays INT NOT NULL DEFAULT 0;"
+    "DROP TRIGGER messages_from_dead;"
+    "CREATE TRIGGER messages_from_dead BEFORE UPDATE ON messages"
+    " WHEN OLD.state = 'dead' AND NOT (NEW.state = 'processing' AND"
+    " NEW.replays > OLD.replays) BEGIN"
+    " SELECT RAISE(ABORT, 'illegal transition from dead: dead records are"
+    " only deleted (forget, replay, retention) or re-run by a replayed copy"
+    " of a later generation'); END;"
+    "PRAGMA user_version = 2;";
+
 struct warren__store {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
@@ -169,6 +195,7 @@ struct warren__store {
     uint32_t busy_timeout_ms;
     int (*pid_alive)(int pid, void *user);
     void *pid_alive_user;
+    unsigned flags;
     char err[PATH_MAX + 512];
 };
 
@@ -278,7 +305,10 @@ static void copy_text(char *dst, size_t cap, const unsigned char *src) {
 /* Creates the file ourselves so its mode is exactly 0600 whatever the
  * umask; SQLite then gives -wal and -shm the database file's mode. */
 static int create_file(warren__store *s) {
-    int fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int must_exist = (s->flags & WARREN__STORE_F_MUST_EXIST) != 0;
+    int fd = must_exist
+                 ? -1
+                 : open(s->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd >= 0) {
         int rc = fchmod(fd, 0600);
         int e = errno;
@@ -288,7 +318,7 @@ static int create_file(warren__store *s) {
         }
         return 0;
     }
-    if (errno != EEXIST) {
+    if (!must_exist && errno != EEXIST) {
         int e = errno;
         if (e == EACCES || e == EROFS || e == EPERM) {
             return set_err(s, WARREN_ERR_STORE, "cannot create: %s: %s",
@@ -301,6 +331,22 @@ static int create_file(warren__store *s) {
     fd = open(s->path, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
+        if (must_exist && e == ENOENT) {
+            char cwd[PATH_MAX];
+            if (s->path[0] == '/' || getcwd(cwd, sizeof cwd) == NULL) {
+                return set_err(s, WARREN_ERR_NOT_FOUND,
+                               "store does not exist (nothing created): "
+                               "store.path must name the file the workers "
+                               "use, which `warren run` creates");
+            }
+            return set_err(s, WARREN_ERR_NOT_FOUND,
+                           "store does not exist in %s (nothing created): "
+                           "store.path must name the file the workers use, "
+                           "which `warren run` creates; a relative path is "
+                           "resolved from the current directory, so run this "
+                           "where the workers run or make store.path absolute",
+                           cwd);
+        }
         if (e == EACCES || e == EROFS || e == EPERM || e == ETXTBSY) {
             return set_err(s, WARREN_ERR_STORE, "read-only: %s: %s",
                            strerror(e), fix_readonly);
@@ -372,7 +418,10 @@ static int migrate(warren__store *s) {
         } else if (v < 1) {
             rc = exec_sql(s, schema_v1, "create schema v1");
         }
-        /* Future versions: `if (v < 2) { ALTER ...; user_version = 2 }`. */
+        if (rc == 0 && v < 2) {
+            rc = exec_sql(s, schema_v2, "migrate schema to v2");
+        }
+        /* Future versions: `if (v < 3) { ALTER ...; user_version = 3 }`. */
     }
     if (rc == 0) {
         rc = exec_sql(s, "COMMIT", "commit migration");
@@ -502,6 +551,7 @@ int warren__store_open(const char *path, const warren__store_opts *opts,
     s->busy_timeout_ms = opts->busy_timeout_ms;
     s->pid_alive = opts->pid_alive ? opts->pid_alive : default_pid_alive;
     s->pid_alive_user = opts->pid_alive_user;
+    s->flags = opts->flags;
     uint64_t tok = 0;
     if (getrandom(&tok, sizeof tok, 0) != (ssize_t)sizeof tok) {
         /* No entropy source: pid and clock still tell processes apart. */
@@ -591,7 +641,37 @@ static int take(warren__store *s, const warren__claim *c, int attempts,
     sqlite3_bind_int64(st, 7, s->token);
     sqlite3_bind_int64(st, 8, now_ms + (int64_t)s->lease_s * 1000);
     sqlite3_bind_int64(st, 9, now_ms);
+    sqlite3_bind_int64(st, 10, c->replays);
     return run(s, ST_TAKE, "claim");
+}
+
+/* Gives a dead id back to a replayed copy of a later generation: a fresh
+ * attempt chain (attempt 1, no failure history), owned by us. */
+static int revive(warren__store *s, warren__claim *c, int64_t was,
+                  int64_t now_ms) {
+    sqlite3_stmt *st = s->st[ST_REVIVE];
+    bind_key(st, c->queue, c->id);
+    sqlite3_bind_text(st, 3, s->host, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, s->pid);
+    sqlite3_bind_int64(st, 5, s->token);
+    sqlite3_bind_int64(st, 6, now_ms + (int64_t)s->lease_s * 1000);
+    sqlite3_bind_int64(st, 7, now_ms);
+    sqlite3_bind_int64(st, 8, c->replays);
+    int rc = run(s, ST_REVIVE, "claim a replayed dead id");
+    if (rc != 0) {
+        return rc;
+    }
+    c->status = WARREN__CLAIM_RUN;
+    c->attempt = 1;
+    c->deliveries = 1;
+    c->first_failed_at_ms = 0;
+    c->last_error[0] = '\0';
+    warren__log(
+        WARREN_LOG_DEBUG,
+        &(warren__log_fields){"claim_replayed", c->queue, c->id, NULL, 1, -1},
+        "dead record re-run: replay generation %lld > %lld",
+        (long long)c->replays, (long long)was);
+    return 0;
 }
 
 static int claim_one(warren__store *s, warren__claim *claims, size_t i,
@@ -611,6 +691,7 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     sqlite3_bind_int64(st, 5, s->token);
     sqlite3_bind_int64(st, 6, now_ms + (int64_t)s->lease_s * 1000);
     sqlite3_bind_int64(st, 7, now_ms);
+    sqlite3_bind_int64(st, 8, c->replays);
     int rc = run(s, ST_INSERT, "claim");
     if (rc != 0) {
         return rc;
@@ -642,6 +723,7 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     int64_t lease_until = sqlite3_column_int64(st, 6);
     c->first_failed_at_ms = sqlite3_column_int64(st, 7);
     copy_text(c->last_error, sizeof c->last_error, sqlite3_column_text(st, 8));
+    int64_t stored_replays = sqlite3_column_int64(st, 9);
     c->attempt = attempts;
     c->deliveries = deliveries;
 
@@ -655,6 +737,9 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
         return 0;
     }
     if (strcmp(state_buf, "dead") == 0) {
+        if (c->replays > stored_replays) {
+            return revive(s, c, stored_replays, now_ms);
+        }
         c->status = WARREN__CLAIM_DEAD;
         return 0;
     }
@@ -1002,6 +1087,32 @@ int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
         warren__store_rollback(s);
     }
     return rc;
+}
+
+int warren__store_busy_many(warren__store *s, const char *const *queues,
+                            const char *const *ids, size_t n, int64_t now_ms,
+                            int *results) {
+    if (s == NULL ||
+        (n > 0 && (queues == NULL || ids == NULL || results == NULL))) {
+        return WARREN_ERR_INVAL;
+    }
+    sqlite3_stmt *st = s->st[ST_FORGET_SELECT];
+    for (size_t i = 0; i < n; i++) {
+        results[i] = 0;
+        bind_key(st, queues[i], ids[i]);
+        int step = sqlite3_step(st);
+        if (step == SQLITE_ROW &&
+            strcmp((const char *)sqlite3_column_text(st, 0), "processing") ==
+                0 &&
+            sqlite3_column_int64(st, 1) > now_ms) {
+            results[i] = WARREN_ERR_STORE_BUSY;
+        }
+        sqlite3_reset(st);
+        if (step != SQLITE_ROW && step != SQLITE_DONE) {
+            return sql_fail(s, step, "look up claims");
+        }
+    }
+    return 0;
 }
 
 int warren__store_forget(warren__store *s, const char *queue, const char *id,

@@ -12,6 +12,8 @@
  *                                   or the owner is this very process)
  *   processing -> done | retrying | dead    outcome
  *   retrying -> processing          the retry arrives
+ *   dead -> processing              a replayed copy arrives (its replay
+ *                                   generation above the one recorded)
  *   dead, done -> (deleted)         only by forget / replay / retention
  *
  * Any other transition is refused by a trigger in SQL, not only here.
@@ -46,11 +48,20 @@ typedef struct {
      * without waiting for its lease to expire. */
     int (*pid_alive)(int pid, void *user);
     void *pid_alive_user;
+    unsigned flags; /* WARREN__STORE_F_* */
 } warren__store_opts;
 
-/* Opens (creating mode 0600 if missing, together with -wal/-shm) and
- * migrates the store at `path`. On failure returns an error, sets `*out` to
- * NULL and writes a message naming the file and the fix into `err`. */
+/* Open only a store that exists: a missing file is WARREN_ERR_NOT_FOUND
+ * (nothing created), not a new empty store. For the operator's commands
+ * (dlq, status, store), where a new empty store would hide that they look
+ * at another file than the workers (a relative store.path run from another
+ * directory, another box). Only `warren run` creates the store. */
+#define WARREN__STORE_F_MUST_EXIST 1u
+
+/* Opens (creating mode 0600 if missing, together with -wal/-shm, unless
+ * WARREN__STORE_F_MUST_EXIST) and migrates the store at `path`. On failure
+ * returns an error, sets `*out` to NULL and writes a message naming the
+ * file and the fix into `err`. */
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen);
 void warren__store_close(warren__store *s); /* NULL is a no-op */
@@ -77,6 +88,11 @@ typedef struct {
      * the original is the retry; a first delivery from outside, e.g. one
      * moved back by hand from a nack-mode retry queue). */
     int copy_attempt;
+    /* The delivery's replay generation (x-warren-replays, 0 if absent). A
+     * `dead` record stored with a lower generation is a dead letter that
+     * was replayed since: the claim runs it afresh (attempt 1) instead of
+     * answering DEAD. `done` stays DUPLICATE whatever this says. */
+    int64_t replays;
     /* out */
     warren__claim_status status;
     int attempt;                /* attempt number of this delivery (>= 1) */
@@ -151,6 +167,15 @@ int warren__store_forget_dead(warren__store *s, const char *queue,
 int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
                                    const char *const *ids, size_t n,
                                    int64_t now_ms, int *results);
+
+/* Looks up `n` keys without changing anything (no write lock): sets
+ * results[i] to WARREN_ERR_STORE_BUSY if (queues[i], ids[i]) is processing
+ * under a live lease, else 0 (any other state, or no record). Returns 0 or
+ * an error. Used by dlq replay, once per window, to leave the dead letters
+ * of ids being processed right now in place. */
+int warren__store_busy_many(warren__store *s, const char *const *queues,
+                            const char *const *ids, size_t n, int64_t now_ms,
+                            int *results);
 
 /* Rows per (queue, state). Calls `fn` once per pair. */
 int warren__store_stats(warren__store *s,

@@ -646,6 +646,9 @@ static int classify(warren_worker *w, int n, int *n_claims) {
              * ack): the store tells it from the next attempt's copy. */
             cl->copy_attempt = it->attempt;
         }
+        /* A replayed copy carries a higher generation than its dead record:
+         * the store runs it afresh, whichever store the replay looked at. */
+        cl->replays = header_int(m, "x-warren-replays", 0, INT64_MAX, 0);
         it->claim = (*n_claims)++;
     }
     return 0;
@@ -940,8 +943,11 @@ static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
            it->first_failed_at_ms ? it->first_failed_at_ms : now);
     tb_int(&tb, "x-warren-dead-at", now);
     tb_str(&tb, "x-warren-worker", w->worker_name);
-    if (warren__table_find(m->headers, "x-warren-replays") == NULL) {
-        tb_int(&tb, "x-warren-replays", 0);
+    if (drop || warren__table_find(m->headers, "x-warren-replays") == NULL) {
+        /* The generation the store recorded for this id (its claim's):
+         * a replay of this copy must carry a higher one to run again. */
+        tb_int(&tb, "x-warren-replays",
+               header_int(m, "x-warren-replays", 0, INT64_MAX, 0));
     }
     copy_props(&p, m->props, &tb);
     /* A body over max_message_bytes was spooled to a file as it was read

@@ -10,8 +10,9 @@
  * basic.cancel and a nack-requeue of all outstanding tags, which RabbitMQ
  * puts back at its original position (with the redelivered flag set).
  * Replay works in windows: the selected deliveries of a window are kept,
- * their dead records released in the store, their copies published back to
- * back, and the confirms awaited once, before one ack settles the window.
+ * those whose id is being processed right now left out, their copies (one
+ * replay generation up) published back to back, and the confirms awaited
+ * once, before one ack settles the window.
  */
 #include "dlq.h"
 
@@ -34,6 +35,11 @@
  * paid once per thousands of messages; a window's deliveries are kept in
  * memory until it is flushed (a few MB). */
 #define DEFAULT_WINDOW 2048
+/* A window is also flushed once its kept bodies reach this many bytes, so
+ * that large dead letters do not multiply into gigabytes of memory. */
+#define WINDOW_BYTES ((uint64_t)64 << 20)
+/* A slot's body buffer grown past this is given back once published. */
+#define SLOT_KEEP_BYTES ((size_t)1 << 20)
 /* Import's stop-and-wait batch. */
 #define IMPORT_WINDOW 256
 /* When paced, publish what was selected at least this often, so that the
@@ -70,6 +76,7 @@ struct warren__dlq {
      * each allocated on first use (list needs one), never moved */
     slot **slots;
     size_t n_slots, cap_slots;
+    uint64_t window_bytes; /* body bytes kept by the n_slots selected */
     int consuming;
     int n_unconfirmed;
     amqp_pool_t pool;
@@ -270,11 +277,14 @@ static int settle(warren__dlq *q, const warren__dlq_ops *ops,
     return rc;
 }
 
-/* Releases the dead records of the window's ids in one store transaction
- * (one sync per window), so that dedup lets their copies run. An id a
- * worker is processing right now is marked busy and not replayed. On a
- * store error nothing of the window is published. */
-static int forget_window(warren__dlq *q, int64_t now) {
+/* Marks busy, so not replayed, the window's ids a worker is processing
+ * right now. Nothing in the store is changed: a copy runs because it
+ * carries a higher replay generation than its dead record (store.h), in
+ * whichever store holds that record. Deleting the dead record instead
+ * would only work in the store opened here, and would let a stale second
+ * copy of the id (a DLQ copy left behind by an interrupted replay) run
+ * too. On a store error nothing of the window is published. */
+static int check_busy_window(warren__dlq *q, int64_t now) {
     const char *queues[DEFAULT_WINDOW], *ids[DEFAULT_WINDOW];
     int results[DEFAULT_WINDOW];
     size_t n = 0, at[DEFAULT_WINDOW];
@@ -283,8 +293,8 @@ static int forget_window(warren__dlq *q, int64_t now) {
     }
     for (size_t i = 0; i <= q->n_slots; i++) {
         if (n == DEFAULT_WINDOW || (i == q->n_slots && n > 0)) {
-            int rc = warren__store_forget_dead_many(q->store, queues, ids, n,
-                                                    now, results);
+            int rc =
+                warren__store_busy_many(q->store, queues, ids, n, now, results);
             if (rc != 0) {
                 set_err(q, "%s", warren__store_errstr(q->store));
                 return rc;
@@ -317,7 +327,7 @@ static int publish_window(warren__dlq *q, const warren__dlq_ops *ops,
                           warren__dlq_stats *st) {
     int64_t now = warren__now_ms();
     size_t i = 0;
-    int rc = forget_window(q, now);
+    int rc = check_busy_window(q, now);
     for (; rc == 0 && i < q->n_slots; i++) {
         slot *sl = q->slots[i];
         if (sl->busy) {
@@ -356,7 +366,16 @@ static int publish_window(warren__dlq *q, const warren__dlq_ops *ops,
         q->n_published++;
     }
     q->held += q->n_slots - i; /* not published: given back at the end */
+    for (size_t k = 0; k < q->n_slots; k++) {
+        warren__delivery *d = &q->slots[k]->d;
+        if (d->body_cap > SLOT_KEEP_BYTES) {
+            free(d->body);
+            d->body = NULL;
+            d->body_cap = 0;
+        }
+    }
     q->n_slots = 0;
+    q->window_bytes = 0;
     return rc;
 }
 
@@ -385,6 +404,7 @@ static void pace(double rate, int64_t start_ms, uint64_t done) {
 static void select_for_replay(warren__dlq *q, const warren__dlq_ops *ops,
                               const warren__dlq_entry *e) {
     slot *sl = q->slots[q->n_slots++];
+    q->window_bytes += sl->d.msg.body_len;
     snprintf(sl->to, sizeof sl->to, "%s",
              ops->to_queue ? ops->to_queue : e->queue);
     snprintf(sl->queue, sizeof sl->queue, "%s", e->queue);
@@ -398,6 +418,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
     warren__dlq_entry e;
     int rc = 0, selecting = 1;
     size_t window = ops->window > 0 ? (size_t)ops->window : DEFAULT_WINDOW;
+    uint64_t max_body = ops->max_body ? ops->max_body : WARREN__DLQ_MAX_BODY;
     int64_t start = warren__mono_ms(), last_flush = start;
     uint64_t paced = 0;
     memset(st, 0, sizeof *st);
@@ -417,6 +438,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
         q->cap_slots = window + 1;
     }
     q->n_slots = 0;
+    q->window_bytes = 0;
     /* Unlimited prefetch unless asked: a limit would stop deliveries once
      * that many unselected messages are held, before the depth is read. */
     rc = warren__session_qos(q->sess, ops->prefetch);
@@ -442,8 +464,10 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
             }
         }
         warren__delivery *d = &q->slots[q->n_slots]->d;
-        int got = warren__session_next(q->sess, d, q->c->max_message_bytes,
-                                       READ_IDLE_MS);
+        /* Not the consumer's max_message_bytes: a letter dead-lettered as
+         * too large for it carries its whole body, which list, show,
+         * export and replay must keep. */
+        int got = warren__session_next(q->sess, d, max_body, READ_IDLE_MS);
         if (got < 0) {
             rc = got;
             set_err(q, "%s", warren__session_errstr(q->sess));
@@ -508,6 +532,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
         }
         int64_t now = warren__mono_ms();
         if (q->n_slots >= window || q->n_tags >= window ||
+            q->window_bytes >= WINDOW_BYTES ||
             (ops->rate_per_s > 0 && q->n_slots + q->n_tags > 0 &&
              now - last_flush >= PACED_FLUSH_MS)) {
             rc = flush(q, ops, st);
@@ -529,6 +554,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
     if (rc != 0 || (ops->stop && *ops->stop)) {
         q->held += q->n_slots;
         q->n_slots = 0;
+        q->window_bytes = 0;
     }
     if (!warren__session_broken(q->sess)) {
         int src = flush(q, ops, st);

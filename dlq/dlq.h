@@ -41,6 +41,13 @@ int warren__dlq_parse_time(const char *s, int64_t now_ms, int64_t *out,
 
 #define WARREN__DLQ_MAX_IDS 64
 
+/* The largest body the DLQ tools read by default: the worker's own hard
+ * limit, so every dead letter a worker made is read whole, whatever the
+ * consumer's max_message_bytes (a "too large" dead letter carries its whole
+ * body). A larger one (dead-lettered by the broker) is shown by its size,
+ * never exported or replayed without its body. */
+#define WARREN__DLQ_MAX_BODY ((uint64_t)256 << 20)
+
 typedef struct {
     const char *error_sub; /* substring of x-warren-error; NULL: any */
     regex_t error_re;      /* valid when has_re */
@@ -77,8 +84,9 @@ typedef struct {
     int64_t dead_at_ms;          /* 0 if absent */
     int64_t first_failed_at_ms;  /* 0 if absent */
     int64_t replays;             /* 0 if absent */
-    size_t body_len;
-    int has_dedup_id; /* id came from the consumer's policy */
+    uint64_t body_len;           /* as announced, also when not read */
+    int body_unread;             /* over the read limit: body not kept */
+    int has_dedup_id;            /* id came from the consumer's policy */
 } warren__dlq_entry;
 
 /* Fills `e` from a dead letter read from consumer `c`'s DLQ. */
@@ -136,8 +144,10 @@ const char *warren__dlq_name_of(const warren__dlq *q);
 const warren__consumer_cfg *warren__dlq_consumer(const warren__dlq *q);
 uint32_t warren__dlq_depth(const warren__dlq *q); /* at open */
 
-/* Uses `st` (borrowed) to forget dead records before a replay. Without a
- * store nothing is forgotten (consumers without dedup). */
+/* Uses `st` (borrowed) to leave in place the dead letters of ids being
+ * processed right now. The store is not changed: a replayed copy runs by
+ * its higher replay generation (x-warren-replays). May be NULL (consumers
+ * without dedup). */
 void warren__dlq_set_store(warren__dlq *q, warren__store *st);
 
 /* What to do with a selected dead letter. */
@@ -179,6 +189,9 @@ typedef struct {
      * once this many are held unselected, reading stalls. Bounds the
      * memory of deliveries buffered while confirms are awaited. */
     uint16_t prefetch;
+    /* Bodies larger than this are not read (d->too_large, e->body_unread);
+     * 0: WARREN__DLQ_MAX_BODY. Not the consumer's max_message_bytes. */
+    uint64_t max_body;
     volatile sig_atomic_t *stop; /* set: stop selecting, settle, release */
 } warren__dlq_ops;
 

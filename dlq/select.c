@@ -291,6 +291,54 @@ static _Thread_local char tl_exchange[WARREN__NAME_MAX];
 static _Thread_local char tl_rk[WARREN__NAME_MAX];
 static _Thread_local char tl_worker[WARREN__NAME_MAX];
 
+/* A letter the broker dead-lettered itself (a quorum queue's
+ * delivery-limit, a TTL or length limit, a reject without requeue through
+ * a dead-letter exchange) has no x-warren-dead-at: its story is in x-death,
+ * one table per (queue, reason), the most recent first. The reason, queue,
+ * count and time of that first one fill what warren's headers would. */
+static void fill_from_x_death(warren__dlq_entry *e,
+                              const struct warren_msg *msg) {
+    const amqp_field_value_t *xd = warren__table_find(msg->headers, "x-death");
+    if (xd == NULL || xd->kind != AMQP_FIELD_KIND_ARRAY ||
+        xd->value.array.num_entries < 1 ||
+        xd->value.array.entries[0].kind != AMQP_FIELD_KIND_TABLE) {
+        return;
+    }
+    struct warren_msg d = {.headers = &xd->value.array.entries[0].value.table};
+    char reason[64], queue[WARREN__NAME_MAX], last[sizeof e->error];
+    int64_t count = hdr_int(&d, "count", 0), at = hdr_int(&d, "time", 0);
+    hdr_str(&d, "reason", reason, sizeof reason);
+    hdr_str(&d, "queue", queue, sizeof queue);
+    snprintf(last, sizeof last, "%s", e->error);
+    snprintf(e->error, sizeof e->error,
+             "broker: %s in queue %s (dead-lettered %lld time%s)%s%s",
+             reason[0] ? reason : "unknown reason", queue[0] ? queue : "?",
+             (long long)count, count == 1 ? "" : "s",
+             last[0] ? "; last error: " : "", last);
+    if (at > 0) {
+        e->dead_at_ms = at * 1000; /* an AMQP timestamp is in seconds */
+    }
+    if (e->exchange[0] == '\0') {
+        e->exchange = hdr_str(&d, "exchange", tl_exchange, sizeof tl_exchange);
+    }
+    const amqp_field_value_t *rks =
+        warren__table_find(d.headers, "routing-keys");
+    if (e->routing_key[0] == '\0' && rks &&
+        rks->kind == AMQP_FIELD_KIND_ARRAY &&
+        rks->value.array.num_entries > 0) {
+        const amqp_field_value_t *rk = &rks->value.array.entries[0];
+        if (rk->kind == AMQP_FIELD_KIND_UTF8 ||
+            rk->kind == AMQP_FIELD_KIND_BYTES) {
+            size_t n = rk->value.bytes.len < sizeof tl_rk - 1
+                           ? rk->value.bytes.len
+                           : sizeof tl_rk - 1;
+            memcpy(tl_rk, rk->value.bytes.bytes, n);
+            tl_rk[n] = '\0';
+            e->routing_key = tl_rk;
+        }
+    }
+}
+
 void warren__dlq_entry_fill(warren__dlq_entry *e, const warren__consumer_cfg *c,
                             const struct warren_msg *msg) {
     char why[256];
@@ -308,7 +356,16 @@ void warren__dlq_entry_fill(warren__dlq_entry *e, const warren__consumer_cfg *c,
     e->dead_at_ms = hdr_int(msg, "x-warren-dead-at", 0);
     e->first_failed_at_ms = hdr_int(msg, "x-warren-first-failed-at", 0);
     e->replays = hdr_int(msg, "x-warren-replays", 0);
+    if (e->dead_at_ms == 0) {
+        fill_from_x_death(e, msg);
+    }
+    /* A body over the read limit was drained, not kept: its size is the
+     * announced one. */
     e->body_len = msg->body_len;
+    if (msg->body_size_announced > msg->body_len) {
+        e->body_len = msg->body_size_announced;
+        e->body_unread = 1;
+    }
     if (c->dedup && warren__msgid_extract(c, msg, e->id, why, sizeof why) ==
                         WARREN__ID_USE) {
         e->has_dedup_id = 1;
@@ -392,7 +449,9 @@ int warren__dlq_replay_headers(const amqp_table_t *in, int clean,
     }
     e[n].key = amqp_cstring_bytes("x-warren-replays");
     e[n].value.kind = AMQP_FIELD_KIND_I64;
-    e[n].value.value.i64 = replays + 1;
+    /* Saturates: a copy of generation INT64_MAX (a forged header) cannot
+     * be replayed past its dead record; `warren store forget` then. */
+    e[n].value.value.i64 = replays < INT64_MAX ? replays + 1 : replays;
     n++;
     if (!clean) {
         e[n].key = amqp_cstring_bytes("x-warren-replayed-at");

@@ -500,6 +500,144 @@ static void test_malformed_lines_say_what_is_wrong(void **state) {
     }
 }
 
+/* A letter the broker dead-lettered itself: its reason, queue, count and
+ * time come from the first (most recent) x-death table. */
+static void test_broker_dead_letter_is_described_from_x_death(void **state) {
+    (void)state;
+    amqp_field_value_t rk[1];
+    rk[0].kind = AMQP_FIELD_KIND_UTF8;
+    rk[0].value.bytes = amqp_cstring_bytes("orders.created");
+    amqp_table_entry_t d1[6], d0[3], h[2];
+#define KV(a, i, k, kd) (a[i].key = amqp_cstring_bytes(k), a[i].value.kind = kd)
+    KV(d1, 0, "count", AMQP_FIELD_KIND_I64);
+    d1[0].value.value.i64 = 3;
+    KV(d1, 1, "reason", AMQP_FIELD_KIND_UTF8);
+    d1[1].value.value.bytes = amqp_cstring_bytes("delivery_limit");
+    KV(d1, 2, "queue", AMQP_FIELD_KIND_UTF8);
+    d1[2].value.value.bytes = amqp_cstring_bytes("orders");
+    KV(d1, 3, "time", AMQP_FIELD_KIND_TIMESTAMP);
+    d1[3].value.value.u64 = 1795669200;
+    KV(d1, 4, "exchange", AMQP_FIELD_KIND_UTF8);
+    d1[4].value.value.bytes = amqp_cstring_bytes("shop");
+    KV(d1, 5, "routing-keys", AMQP_FIELD_KIND_ARRAY);
+    d1[5].value.value.array = (amqp_array_t){1, rk};
+    /* An older death (e.g. a TTL on the way back): not the one shown. */
+    KV(d0, 0, "count", AMQP_FIELD_KIND_I64);
+    d0[0].value.value.i64 = 1;
+    KV(d0, 1, "reason", AMQP_FIELD_KIND_UTF8);
+    d0[1].value.value.bytes = amqp_cstring_bytes("expired");
+    KV(d0, 2, "queue", AMQP_FIELD_KIND_UTF8);
+    d0[2].value.value.bytes = amqp_cstring_bytes("orders.retry");
+    amqp_field_value_t deaths[2];
+    deaths[0].kind = AMQP_FIELD_KIND_TABLE;
+    deaths[0].value.table = (amqp_table_t){6, d1};
+    deaths[1].kind = AMQP_FIELD_KIND_TABLE;
+    deaths[1].value.table = (amqp_table_t){3, d0};
+    KV(h, 0, "x-death", AMQP_FIELD_KIND_ARRAY);
+    h[0].value.value.array = (amqp_array_t){2, deaths};
+    KV(h, 1, "x-warren-error", AMQP_FIELD_KIND_UTF8);
+    h[1].value.value.bytes = amqp_cstring_bytes("stock service said 503");
+#undef KV
+    amqp_table_t headers = {1, h};
+    warren__consumer_cfg c;
+    memset(&c, 0, sizeof c);
+    c.queue = "orders";
+    struct warren_msg m;
+    memset(&m, 0, sizeof m);
+    m.headers = &headers;
+    m.amqp_message_id = "o-1";
+    warren__dlq_entry e;
+    warren__dlq_entry_fill(&e, &c, &m);
+    assert_string_equal(e.error, "broker: delivery_limit in queue orders "
+                                 "(dead-lettered 3 times)");
+    assert_int_equal(e.dead_at_ms, 1795669200LL * 1000);
+    assert_string_equal(e.exchange, "shop");
+    assert_string_equal(e.routing_key, "orders.created");
+    assert_string_equal(e.queue, "orders"); /* replay target unchanged */
+    assert_string_equal(e.id, "o-1");
+    warren__dlq_filter f;
+    warren__dlq_filter_init(&f);
+    f.error_sub = "delivery_limit";
+    assert_true(warren__dlq_filter_match(&f, &e));
+
+    /* A retried message the broker then dead-lettered: its last handler
+     * error is kept after the broker's reason. */
+    headers.num_entries = 2;
+    warren__dlq_entry_fill(&e, &c, &m);
+    assert_string_equal(e.error, "broker: delivery_limit in queue orders "
+                                 "(dead-lettered 3 times); last error: stock "
+                                 "service said 503");
+
+    /* A letter warren dead-lettered (x-warren-dead-at) keeps its own
+     * fields even when it also carries an x-death from its retries. */
+    amqp_table_entry_t w[3];
+    w[0] = h[0];
+    w[1] = h[1];
+    w[2].key = amqp_cstring_bytes("x-warren-dead-at");
+    w[2].value.kind = AMQP_FIELD_KIND_I64;
+    w[2].value.value.i64 = 42;
+    amqp_table_t wh = {3, w};
+    m.headers = &wh;
+    warren__dlq_entry_fill(&e, &c, &m);
+    assert_string_equal(e.error, "stock service said 503");
+    assert_int_equal(e.dead_at_ms, 42);
+    assert_string_equal(e.routing_key, "");
+
+    /* No x-death and no warren headers: blank, as before. */
+    amqp_table_t none = {0, NULL};
+    m.headers = &none;
+    warren__dlq_entry_fill(&e, &c, &m);
+    assert_string_equal(e.error, "");
+    assert_int_equal(e.dead_at_ms, 0);
+}
+
+/* The replay generation goes up by one, and saturates rather than wrap
+ * (a wrapped, negative one would read as 0 and never re-run a dead id). */
+static void test_replay_generation_saturates(void **state) {
+    (void)state;
+    amqp_table_entry_t e[1];
+    e[0].key = amqp_cstring_bytes("x-warren-replays");
+    e[0].value.kind = AMQP_FIELD_KIND_I64;
+    e[0].value.value.i64 = INT64_MAX;
+    amqp_table_t in = {1, e}, out;
+    amqp_pool_t pool;
+    init_amqp_pool(&pool, 1024);
+    assert_int_equal(warren__dlq_replay_headers(&in, 1, 0, &pool, &out), 0);
+    struct warren_msg m = {.headers = &out};
+    int64_t v = 0;
+    assert_int_equal(warren_msg_header_int(&m, "x-warren-replays", &v), 0);
+    assert_true(v == INT64_MAX);
+    e[0].value.value.i64 = 41;
+    assert_int_equal(warren__dlq_replay_headers(&in, 1, 0, &pool, &out), 0);
+    assert_int_equal(warren_msg_header_int(&m, "x-warren-replays", &v), 0);
+    assert_int_equal(v, 42);
+    empty_amqp_pool(&pool);
+}
+
+/* A body over the read limit: its announced size, marked unread. */
+static void test_unread_body_keeps_its_announced_size(void **state) {
+    (void)state;
+    amqp_table_t none = {0, NULL};
+    warren__consumer_cfg c;
+    memset(&c, 0, sizeof c);
+    c.queue = "orders";
+    struct warren_msg m;
+    memset(&m, 0, sizeof m);
+    m.headers = &none;
+    m.body = (const uint8_t *)"";
+    m.body_size_announced = 300000000;
+    warren__dlq_entry e;
+    warren__dlq_entry_fill(&e, &c, &m);
+    assert_int_equal(e.body_len, 300000000);
+    assert_true(e.body_unread);
+    m.body = (const uint8_t *)"abc";
+    m.body_len = 3;
+    m.body_size_announced = 3;
+    warren__dlq_entry_fill(&e, &c, &m);
+    assert_int_equal(e.body_len, 3);
+    assert_false(e.body_unread);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_durations_parse_each_unit_and_refuse_junk),
@@ -512,6 +650,9 @@ int main(void) {
             test_jsonl_round_trip_keeps_every_header_kind_and_binary_body),
         cmocka_unit_test(test_base64_is_strict),
         cmocka_unit_test(test_malformed_lines_say_what_is_wrong),
+        cmocka_unit_test(test_broker_dead_letter_is_described_from_x_death),
+        cmocka_unit_test(test_unread_body_keeps_its_announced_size),
+        cmocka_unit_test(test_replay_generation_saturates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

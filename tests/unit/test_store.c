@@ -688,7 +688,7 @@ static void test_newer_schema_version_is_refused(void **state) {
                      SQLITE_OK);
     expect_open_fails(f, WARREN_ERR_STORE_CORRUPT,
                       "schema version 7 is newer than this warren supports "
-                      "(1); upgrade warren");
+                      "(2); upgrade warren");
 }
 
 static void test_existing_store_opens_without_migration(void **state) {
@@ -698,8 +698,171 @@ static void test_existing_store_opens_without_migration(void **state) {
     assert_int_equal(claim1(f->a, Q, "m1", 5, T0, &c), 0);
     warren__store_close(f->a);
     f->a = open_as(f, "host-a", 1000);
-    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 1);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
     assert_int_equal(sql_int(f->path, "SELECT count(*) FROM messages"), 1);
+}
+
+/* Claims one delivery carrying replay generation `replays`. */
+static int claim1_gen(warren__store *s, const char *id, int64_t replays,
+                      int64_t now, warren__claim *c) {
+    memset(c, 0, sizeof *c);
+    c->queue = Q;
+    c->id = id;
+    c->replays = replays;
+    return warren__store_claim_batch(s, c, 1, 5, now);
+}
+
+static void test_v1_store_is_migrated_to_v2_keeping_records(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    /* A v1 file as warren 1 left it: one dead and one done record. */
+    f->a = open_as(f, "host-a", 1000);
+    warren__store_close(f->a);
+    f->a = NULL;
+    assert_int_equal(
+        raw_exec(f->path,
+                 "DROP TABLE messages;"
+                 "CREATE TABLE messages(queue TEXT NOT NULL, id TEXT NOT NULL,"
+                 " state TEXT NOT NULL CHECK(state IN ('processing', 'done',"
+                 " 'retrying', 'dead')), attempts INT NOT NULL, deliveries INT"
+                 " NOT NULL, owner_host TEXT, owner_pid INT, owner_token INT,"
+                 " lease_until INT NOT NULL DEFAULT 0, first_failed_at INT,"
+                 " last_error TEXT, created_at INT NOT NULL, updated_at INT NOT"
+                 " NULL, UNIQUE(queue, id));"
+                 "CREATE TRIGGER messages_from_dead BEFORE UPDATE ON messages"
+                 " WHEN OLD.state = 'dead' BEGIN SELECT RAISE(ABORT, 'old');"
+                 " END;"
+                 "INSERT INTO messages(queue,id,state,attempts,deliveries,"
+                 "first_failed_at,last_error,created_at,updated_at) VALUES"
+                 "('orders','dead1','dead',3,0,5,'boom',0,0),"
+                 "('orders','done1','done',1,0,NULL,NULL,0,0);"
+                 "PRAGMA user_version = 1;",
+                 NULL, 0),
+        SQLITE_OK);
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f->path, "SELECT sum(replays) FROM messages"), 0);
+    /* The dead letter of a v1 record carries x-warren-replays 0; its
+     * replay (1) runs, from attempt 1; the done one stays a duplicate. */
+    assert_int_equal(claim1_gen(f->a, "dead1", 1, T0, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(c.attempt, 1);
+    assert_int_equal(claim1_gen(f->a, "done1", 1, T0, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_DUPLICATE);
+}
+
+static void test_replayed_copy_of_dead_id_runs_afresh(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1_gen(f->a, "m1", 0, T0, &c), 0);
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_RETRYING, "e1", T0 + 1),
+                     0);
+    assert_int_equal(claim1_gen(f->a, "m1", 0, T0 + 2, &c), 0);
+    assert_int_equal(c.attempt, 2);
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_DEAD, "e2", T0 + 3), 0);
+    /* The same generation again (a stale copy, a producer's duplicate):
+     * still dead. */
+    assert_int_equal(claim1_gen(f->a, "m1", 0, T0 + 4, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_DEAD);
+    /* The replay (generation 1), with the dead record still in this store:
+     * a fresh attempt chain, owned by us. */
+    assert_int_equal(claim1_gen(f->a, "m1", 1, T0 + 5, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(c.attempt, 1);
+    assert_int_equal(c.deliveries, 1);
+    assert_int_equal(c.first_failed_at_ms, 0);
+    assert_string_equal(c.last_error, "");
+    assert_state(f, "m1", "processing");
+    assert_int_equal(sql_int(f->path, "SELECT replays FROM messages"), 1);
+    assert_int_equal(
+        sql_int(f->path, "SELECT first_failed_at IS NULL FROM messages"), 1);
+    /* It dies again: its DLQ copy carries generation 1, so only a copy of
+     * generation 2 runs it once more. */
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_DEAD, "e3", T0 + 6), 0);
+    assert_int_equal(claim1_gen(f->a, "m1", 1, T0 + 7, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_DEAD);
+    assert_int_equal(claim1_gen(f->a, "m1", 2, T0 + 8, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_DONE, NULL, T0 + 9), 0);
+    /* Done is final: no generation runs it again. */
+    assert_int_equal(claim1_gen(f->a, "m1", 1000, T0 + 10, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_DUPLICATE);
+    assert_state(f, "m1", "done");
+}
+
+static void test_replayed_dead_id_twice_in_one_batch_runs_once(void **state) {
+    fixture *f = *state;
+    warren__claim c, cs[2];
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1_gen(f->a, "m1", 0, T0, &c), 0);
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_DEAD, "e", T0 + 1), 0);
+    memset(cs, 0, sizeof cs);
+    for (int i = 0; i < 2; i++) {
+        cs[i].queue = Q;
+        cs[i].id = "m1";
+        cs[i].replays = 1;
+    }
+    assert_int_equal(warren__store_claim_batch(f->a, cs, 2, 5, T0 + 2), 0);
+    assert_int_equal(cs[0].status, WARREN__CLAIM_RUN);
+    assert_int_equal(cs[1].status, WARREN__CLAIM_BUSY);
+}
+
+static void
+test_trigger_lets_dead_out_only_for_a_later_generation(void **state) {
+    fixture *f = *state;
+    char err[256];
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(
+        raw_exec(f->path,
+                 "INSERT INTO messages(queue,id,state,attempts,deliveries,"
+                 "created_at,updated_at,replays) VALUES"
+                 "('orders','d1','dead',1,0,0,0,3)",
+                 err, sizeof err),
+        SQLITE_OK);
+    static const char *const illegal[] = {
+        "UPDATE messages SET state='processing' WHERE id='d1'",
+        "UPDATE messages SET state='processing', replays=3 WHERE id='d1'",
+        "UPDATE messages SET state='processing', replays=2 WHERE id='d1'",
+        "UPDATE messages SET state='done', replays=4 WHERE id='d1'",
+        "UPDATE messages SET state='retrying', replays=4 WHERE id='d1'",
+        "UPDATE messages SET replays=4 WHERE id='d1'",
+    };
+    for (size_t i = 0; i < sizeof illegal / sizeof illegal[0]; i++) {
+        assert_int_equal(raw_exec(f->path, illegal[i], err, sizeof err),
+                         SQLITE_CONSTRAINT);
+        assert_non_null(strstr(err, "illegal transition from dead"));
+    }
+    assert_int_equal(
+        raw_exec(f->path,
+                 "UPDATE messages SET state='processing', replays=4 "
+                 "WHERE id='d1'",
+                 err, sizeof err),
+        SQLITE_OK);
+    assert_state(f, "d1", "processing");
+}
+
+static void
+test_must_exist_refuses_a_missing_file_and_creates_nothing(void **state) {
+    fixture *f = *state;
+    warren__store_opts o = opts_for(f, "host-a", 1000);
+    warren__store *s = (warren__store *)&o;
+    char err[1024];
+    struct stat sb;
+    o.flags = WARREN__STORE_F_MUST_EXIST;
+    assert_int_equal(warren__store_open(f->path, &o, &s, err, sizeof err),
+                     WARREN_ERR_NOT_FOUND);
+    assert_null(s);
+    assert_non_null(strstr(err, f->path));
+    assert_non_null(strstr(err, "does not exist"));
+    assert_non_null(strstr(err, "warren run"));
+    assert_int_equal(stat(f->path, &sb), -1);
+    assert_int_equal(errno, ENOENT);
+    /* Once a worker created it, the same options open it. */
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(warren__store_open(f->path, &o, &f->b, err, sizeof err),
+                     0);
+    assert_non_null(f->b);
 }
 
 static void test_garbage_file_is_refused_as_corrupt(void **state) {
@@ -1122,6 +1285,29 @@ static void stats_cb(const char *queue, const char *st, int64_t rows,
     a->total += rows;
 }
 
+static void test_busy_many_reports_only_live_claims(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    assert_int_equal(claim1(f->a, Q, "live", 5, T0, &c), 0);
+    assert_int_equal(claim1(f->a, Q, "old", 5, T0 - LEASE_S * 1000 - 1, &c), 0);
+    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "dead1", WARREN__OUT_DEAD, "x", T0), 0);
+    const char *queues[] = {Q, Q, Q, Q};
+    const char *ids[] = {"live", "old", "dead1", "none"};
+    int results[4] = {7, 7, 7, 7};
+    assert_int_equal(
+        warren__store_busy_many(f->a, queues, ids, 4, T0 + 1, results), 0);
+    assert_int_equal(results[0], WARREN_ERR_STORE_BUSY);
+    assert_int_equal(results[1], 0); /* lease expired */
+    assert_int_equal(results[2], 0);
+    assert_int_equal(results[3], 0);
+    /* Only looked: the dead record is still there, nothing else added. */
+    assert_state(f, "dead1", "dead");
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM messages"), 3);
+    assert_false(warren__store_in_txn(f->a));
+}
+
 static void test_stats_counts_rows_per_queue_and_state(void **state) {
     fixture *f = *state;
     warren__claim c;
@@ -1175,6 +1361,11 @@ int main(void) {
         T(test_files_are_mode_0600_whatever_the_umask),
         T(test_newer_schema_version_is_refused),
         T(test_existing_store_opens_without_migration),
+        T(test_v1_store_is_migrated_to_v2_keeping_records),
+        T(test_replayed_copy_of_dead_id_runs_afresh),
+        T(test_replayed_dead_id_twice_in_one_batch_runs_once),
+        T(test_trigger_lets_dead_out_only_for_a_later_generation),
+        T(test_must_exist_refuses_a_missing_file_and_creates_nothing),
         T(test_garbage_file_is_refused_as_corrupt),
         T(test_damaged_database_is_refused_as_corrupt),
         T(test_read_only_file_is_refused),
@@ -1194,6 +1385,7 @@ int main(void) {
         T(test_forget_lets_an_id_run_again),
         T(test_forget_dead_releases_dead_and_keeps_done),
         T(test_forget_dead_many_releases_only_dead_in_one_txn),
+        T(test_busy_many_reports_only_live_claims),
         T(test_stats_counts_rows_per_queue_and_state),
         T(test_close_null_is_noop_and_path_is_kept),
     };
