@@ -59,6 +59,7 @@ static void fx_setup(fx *f, const char *tag) {
     unsetenv("PROBE_SLOW_MS");
     unsetenv("PROBE_ROLLBACK_ID");
     unsetenv("PROBE_NODB_PREFIX");
+    unsetenv("PROBE_CRASH_ID");
     f->conn = itest_connect();
     itest_queue_declare(f->conn, f->queue);
     itest_queue_declare(f->conn, f->queue2);
@@ -240,6 +241,65 @@ static void test_crashing_message_dead_lettered_alone_others_run_once_per_crash(
             fail_msg("%s ran %d times (expected 1 or 2)", id, n);
         }
     }
+    assert_int_equal(effect_count(f.effects, "bad"), 3);
+    fx_teardown(&f);
+}
+
+/* The same with an in-process handler writing through warren_ctx_db():
+ * its store writes commit exactly once for every good id, however many
+ * times the worker was killed around them. */
+static void test_crashing_plugin_message_dead_lettered_alone_others_commit_once(
+    void **state) {
+    (void)state;
+    fx f;
+    char text[2048];
+    fx_setup(&f, "crashdb");
+    setenv("PROBE_CRASH_ID", "bad", 1);
+    snprintf(
+        text, sizeof text,
+        "{\"store\": {\"path\": \"%s\"}, \"shutdown_grace_s\": 10,\n"
+        " \"consumers\": [{\"queue\": \"%s\",\n"
+        "   \"handler\": \"plugin:%s:probe\",\n"
+        "   \"prefetch\": 10, \"batch_max\": 10, \"max_deliveries\": 3}]}\n",
+        f.db, f.queue, f.plugin);
+    itest_write_file(f.cfg, text);
+    for (int i = 0; i < 11; i++) {
+        char id[16];
+        if (i == 5) {
+            snprintf(id, sizeof id, "bad");
+        } else {
+            snprintf(id, sizeof id, "ok-%d", i < 5 ? i : i - 1);
+        }
+        itest_publish(f.conn, "", f.queue, id, "{}", 2);
+    }
+    f.want_done = 10;
+    f.pid = start_run(f.cfg, f.log);
+    wait_all_done(&f, 180);
+    char dlq[192];
+    snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
+    assert_int_equal(state_count(&f, "done"), 10);
+    assert_int_equal(state_count(&f, "dead"), 1);
+    assert_int_equal(itest_queue_depth(f.conn, dlq), 1);
+    itest_msg m;
+    assert_int_equal(itest_get(f.conn, dlq, &m, 0), 1);
+    assert_string_equal(m.message_id, "bad");
+    itest_msg_free(&m);
+    for (int i = 0; i < 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "ok-%d", i);
+        long long n =
+            query_ll(f.db, "SELECT count(*) FROM probe_log WHERE id = ?1", id);
+        int runs = effect_count(f.effects, id);
+        if (n != 1 || runs < 1 || runs > 2) {
+            dump_log(f.log);
+            fail_msg("%s: %lld writes committed, ran %d times (expected 1, "
+                     "1 or 2)",
+                     id, n, runs);
+        }
+    }
+    assert_int_equal(
+        query_ll(f.db, "SELECT count(*) FROM probe_log WHERE id = ?1", "bad"),
+        0);
     assert_int_equal(effect_count(f.effects, "bad"), 3);
     fx_teardown(&f);
 }
@@ -446,6 +506,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
             test_crashing_message_dead_lettered_alone_others_run_once_per_crash),
+        cmocka_unit_test(
+            test_crashing_plugin_message_dead_lettered_alone_others_commit_once),
         cmocka_unit_test(
             test_handler_rollback_of_transaction_loses_no_write_and_doubles_none),
         cmocka_unit_test(

@@ -5,12 +5,14 @@
  * it into probe_log through warren_ctx_db() (an effect inside the store,
  * which must commit exactly once). PROBE_SLOW_PREFIX/PROBE_SLOW_MS make
  * matching ids sleep after their write, holding the store's write lock;
+ * PROBE_CRASH_ID makes that id SIGKILL its worker after writing;
  * PROBE_NODB_PREFIX makes matching ids leave the store alone (an effect
  * outside it only, like an exec handler's); PROBE_ROLLBACK_ID makes that id, on
  * its first attempt, run SQL that rolls back the whole transaction (INSERT OR
  * ROLLBACK on a conflict) and return ACK anyway, as a careless handler would.
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +88,10 @@ warren_result probe(const warren_msg *msg, warren_ctx *ctx, void *user) {
             SQLITE_DONE) {
         warren_ctx_set_error(ctx, "probe: sqlite: %s", sqlite3_errmsg(db));
         return WARREN_RETRY;
+    }
+    const char *crash = getenv("PROBE_CRASH_ID");
+    if (crash && strcmp(crash, id) == 0) {
+        raise(SIGKILL);
     }
     const char *rb = getenv("PROBE_ROLLBACK_ID");
     if (rb && strcmp(rb, id) == 0 && warren_msg_attempt(msg) == 1) {
