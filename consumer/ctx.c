@@ -4,6 +4,8 @@
  */
 #include "ctx.h"
 
+#include "log.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -39,10 +41,20 @@ struct sqlite3 *warren_ctx_db(warren_ctx *ctx) {
         return NULL;
     }
     if (!ctx->db_used) {
-        /* The outcome transaction opens lazily, so handlers that never use
-         * the database never hold the store's write lock while they run. */
-        if (warren__store_begin(ctx->store) != 0 ||
-            warren__store_savepoint(ctx->store) != 0) {
+        /* The handler's own transaction opens lazily, so handlers that
+         * never use the database never hold the store's write lock while
+         * they run. Another worker's transaction is short (one handler):
+         * wait for it rather than fail the handler, within its deadline. */
+        int64_t wait = WARREN__CTX_DB_WAIT_MS;
+        if (ctx->deadline_ms > 0) {
+            int64_t left = ctx->deadline_ms - warren__now_ms();
+            wait = left < wait ? (left > 0 ? left : 0) : wait;
+        }
+        if (warren__store_begin_within(ctx->store, wait) != 0) {
+            return NULL;
+        }
+        if (warren__store_savepoint(ctx->store) != 0) {
+            warren__store_rollback(ctx->store);
             return NULL;
         }
         ctx->db_used = 1;

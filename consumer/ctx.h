@@ -12,13 +12,17 @@
 #include <stdint.h>
 
 #define WARREN__ERROR_MAX 1024
+/* How long warren_ctx_db() waits for another worker's store transaction. */
+#define WARREN__CTX_DB_WAIT_MS 30000
 
 struct warren_ctx {
     char error[WARREN__ERROR_MAX + 1]; /* "" if the handler set none */
     int64_t retry_after_ms;            /* -1: use the backoff */
     int64_t deadline_ms;               /* 0: none */
     warren__store *store;              /* NULL: no transactional inbox */
-    int db_used; /* the handler asked for the db: a savepoint is open */
+    /* The handler asked for the db: its own transaction and a savepoint
+     * are open, finished by the worker when the handler returns. */
+    int db_used;
 };
 
 /* Clears the per-message fields; keeps `store`. */

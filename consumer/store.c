@@ -62,6 +62,7 @@ enum {
     ST_FORGET_DELETE,
     ST_STATS,
     ST_REVIVE,
+    ST_RENEW,
     ST_COUNT
 };
 
@@ -123,6 +124,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                   "last_error = NULL, updated_at = ?7, replays = ?8 "
                   "WHERE queue = ?1 AND id = ?2 AND state = 'dead' "
                   "AND replays < ?8",
+    [ST_RENEW] = "UPDATE messages SET lease_until = ?4 "
+                 "WHERE queue = ?1 AND id = ?2 AND owner_token = ?3 "
+                 "AND state = 'processing'",
 };
 
 /* Version 1. A rowid table with UNIQUE(queue, id) rather than a WITHOUT
@@ -503,6 +507,26 @@ static int setup(warren__store *s, const warren__store_opts *opts) {
     return 0;
 }
 
+/* Appends this boot's id to the owner host: on this host a claim's owner
+ * is judged by whether its pid is alive, and after a reboot the same pid
+ * may be alive again as some other process. Claims written before a
+ * reboot then look like another host's, and their leases decide. */
+static void append_boot_id(char *host, size_t cap) {
+    char boot[64] = "";
+    FILE *fp = fopen("/proc/sys/kernel/random/boot_id", "re");
+    if (fp == NULL) {
+        return;
+    }
+    if (fgets(boot, sizeof boot, fp) != NULL) {
+        boot[strcspn(boot, "\n")] = '\0';
+        size_t n = strlen(host);
+        if (boot[0] && n + strlen(boot) + 7 < cap) {
+            snprintf(host + n, cap - n, " boot=%s", boot);
+        }
+    }
+    fclose(fp);
+}
+
 /* SQLite's memory statistics take a global mutex around every allocation
  * (~7% of a worker's CPU in `perf record`, mutex lock/unlock): warren never
  * reads them. This is process-wide and only possible before SQLite is first
@@ -546,6 +570,7 @@ int warren__store_open(const char *path, const warren__store_opts *opts,
     } else if (gethostname(s->host, sizeof s->host - 1) != 0) {
         snprintf(s->host, sizeof s->host, "localhost");
     }
+    append_boot_id(s->host, sizeof s->host);
     s->pid = opts->owner_pid > 0 ? opts->owner_pid : (int)getpid();
     s->lease_s = opts->lease_s;
     s->busy_timeout_ms = opts->busy_timeout_ms;
@@ -682,6 +707,8 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     c->deliveries = 0;
     c->first_failed_at_ms = 0;
     c->last_error[0] = '\0';
+    c->taken_over = 0;
+    c->lost = 0;
 
     /* The unique key decides: whoever inserts first owns the claim. */
     sqlite3_stmt *st = s->st[ST_INSERT];
@@ -779,9 +806,14 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
          * back the first has an outcome. */
         return 0;
     }
-    int takeover =
-        ours || lease_until <= now_ms ||
-        (same_host && s->pid_alive(owner_pid, s->pid_alive_user) == 0);
+    /* On this host the owner's life decides, not the lease: a live owner
+     * renews its leases while its batch runs, and the wall clock may jump.
+     * Elsewhere only the lease can tell (the hosts share no other clock).
+     * A released claim (lease 0) is free for anyone. */
+    int takeover = ours || lease_until == 0 ||
+                   (same_host && owner_pid > 0
+                        ? s->pid_alive(owner_pid, s->pid_alive_user) == 0
+                        : lease_until <= now_ms);
     if (!takeover) {
         return 0; /* BUSY: another live owner holds it */
     }
@@ -792,6 +824,7 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
         return rc;
     }
     c->deliveries = deliveries + 1;
+    c->taken_over = !ours && lease_until != 0;
     c->status = max_deliveries > 0 && c->deliveries > max_deliveries
                     ? WARREN__CLAIM_POISON
                     : WARREN__CLAIM_RUN;
@@ -851,6 +884,74 @@ int warren__store_claim_and_commit(warren__store *s, warren__claim *claims,
                                    size_t n, int max_deliveries,
                                    int64_t now_ms) {
     return claim_txn(s, claims, n, max_deliveries, now_ms, 1);
+}
+
+int warren__store_renew(warren__store *s, warren__claim *claims, size_t n,
+                        int64_t now_ms) {
+    if (s == NULL || (claims == NULL && n > 0)) {
+        return WARREN_ERR_INVAL;
+    }
+    if (warren__store_in_txn(s)) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "renew: called inside an open transaction");
+    }
+    int rc = run(s, ST_BEGIN, "begin renew");
+    if (rc != 0) {
+        return rc;
+    }
+    /* Bit 1 of `lost` marks a loss seen by this call, kept only if the
+     * transaction commits. */
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        warren__claim *c = &claims[i];
+        if (c->status != WARREN__CLAIM_RUN &&
+            c->status != WARREN__CLAIM_POISON) {
+            continue;
+        }
+        sqlite3_stmt *st = s->st[ST_RENEW];
+        bind_key(st, c->queue, c->id);
+        sqlite3_bind_int64(st, 3, s->token);
+        sqlite3_bind_int64(st, 4, now_ms + (int64_t)s->lease_s * 1000);
+        rc = run(s, ST_RENEW, "renew lease");
+        if (rc == 0 && sqlite3_changes(s->db) == 0) {
+            c->lost |= 2;
+        }
+    }
+    if (rc == 0) {
+        rc = run(s, ST_COMMIT, "commit renew");
+    }
+    if (rc != 0) {
+        warren__store_rollback(s);
+    }
+    for (size_t i = 0; i < n; i++) {
+        int seen = (claims[i].lost & 2) != 0;
+        claims[i].lost = (claims[i].lost & 1) | (rc == 0 && seen);
+    }
+    return rc;
+}
+
+int warren__store_begin_within(warren__store *s, int64_t wait_ms) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int rc = warren__store_begin(s);
+        if (rc != WARREN_ERR_STORE_BUSY) {
+            return rc;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t spent = (int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
+                        (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (spent >= wait_ms) {
+            return rc;
+        }
+        /* BEGIN IMMEDIATE waited busy_timeout_ms already; another try
+         * follows at once, within the caller's bound. */
+        warren__log(WARREN_LOG_DEBUG, NULL,
+                    "%s: store busy for %lld ms, still waiting (up to %lld)",
+                    s->path, (long long)spent, (long long)wait_ms);
+        if (s->busy_timeout_ms == 0) {
+            sqlite3_sleep(10); /* no busy handler: do not spin */
+        }
+    }
 }
 
 int warren__store_begin(warren__store *s) {

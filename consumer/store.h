@@ -8,8 +8,9 @@
  * The key of a record is (queue, id). States and legal transitions:
  *
  *   (none) -> processing            first claim
- *   processing -> processing        lease takeover (owner dead, lease expired,
- *                                   or the owner is this very process)
+ *   processing -> processing        takeover (owner on this host dead, owner
+ *                                   elsewhere with its lease expired, claim
+ *                                   released, or the owner is this process)
  *   processing -> done | retrying | dead    outcome
  *   retrying -> processing          the retry arrives
  *   dead -> processing              a replayed copy arrives (its replay
@@ -99,6 +100,11 @@ typedef struct {
     int deliveries;             /* claims since the last outcome, incl. this */
     int64_t first_failed_at_ms; /* 0: never failed */
     char last_error[256];       /* last recorded reason, "" if none */
+    /* Taken over from another owner (dead, or its lease ran out) that
+     * never recorded an outcome: its handler may be what killed it, so the
+     * worker runs this one on its own (a suspect). */
+    int taken_over;
+    int lost; /* set by renew(): the claim is not ours any more */
 } warren__claim;
 
 /* Claims `n` deliveries in one write transaction (committed on return).
@@ -117,6 +123,19 @@ int warren__store_claim_batch(warren__store *s, warren__claim *claims, size_t n,
 int warren__store_claim_and_commit(warren__store *s, warren__claim *claims,
                                    size_t n, int max_deliveries,
                                    int64_t now_ms);
+
+/* Extends the lease of every claim of `claims` whose status is RUN or
+ * POISON to now + lease_s, in one short write transaction, so that a batch
+ * that runs longer than its leases keeps them. A claim that is not ours
+ * any more (taken over, or recorded) gets `lost` set. On error (e.g.
+ * WARREN_ERR_STORE_BUSY) nothing changes and no `lost` is set. */
+int warren__store_renew(warren__store *s, warren__claim *claims, size_t n,
+                        int64_t now_ms);
+
+/* begin(), retried while the store is busy for up to `wait_ms` in all
+ * (measured on the monotonic clock). For a caller that must not give up
+ * at busy_timeout_ms: outcomes of handlers that already ran. */
+int warren__store_begin_within(warren__store *s, int64_t wait_ms);
 
 /* Outcome transaction. begin() opens BEGIN IMMEDIATE (no-op if open);
  * commit() makes every outcome recorded since durable per `synchronous`;

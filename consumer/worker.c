@@ -76,6 +76,9 @@ static uint64_t hard_body_limit(void) {
 #define ACK_EVERY 100
 #define ACK_MAX_DELAY_MS 20
 #define ACK_IDLE_MS 2
+/* How long outcomes of handlers that ran wait for a busy store before the
+ * batch is given up: handing it back would run those handlers again. */
+#define RECORD_WAIT_MS 60000
 #define DEFER_DELAY_MS 1000
 #define PRUNE_EVERY_MS 60000
 #define PRUNE_BATCH 500
@@ -106,6 +109,8 @@ typedef struct {
     uint32_t delay_ms;
     int64_t first_failed_at_ms;
     int published; /* a copy went out in this batch */
+    int recorded;  /* done committed with the handler's own transaction */
+    int released;  /* claim given back before a suspect ran: claim again */
     char reason[WARREN__ERROR_MAX + 1];
     const char *outcome; /* for logs */
     const char *handler; /* "primary", "fallback"; NULL if none ran */
@@ -143,6 +148,9 @@ struct warren_worker {
     item *item_mem;
     warren__claim *claim_mem;
     int half;
+    warren__claim *claim_scratch; /* batch_max: claims taken again */
+    int64_t lease_mono_ms;        /* when the current claims were leased */
+    int view_rest; /* items from the view's start to the batch's end */
     warren__delivery *slots;
     item *items;
     warren__claim *claims;
@@ -243,6 +251,7 @@ void warren_worker_free(warren_worker *w) {
     free(w->slot_mem);
     free(w->item_mem);
     free(w->claim_mem);
+    free(w->claim_scratch);
     free(w->fn_arg);
     free(w->hdr_scratch);
     free(w);
@@ -707,6 +716,7 @@ static int claim(warren_worker *w, int n, int n_claims) {
     if (rc != 0) {
         return rc;
     }
+    w->lease_mono_ms = warren__mono_ms();
     apply_claims(w, n);
     return 0;
 }
@@ -754,6 +764,124 @@ static void publish_breaker(warren_worker *w) {
     }
 }
 
+/* Extends the leases of items [from, n) that are still to run, once a
+ * third of the lease has passed since they were taken (handlers run one
+ * after another, so a batch can outlive its leases). An item whose claim
+ * was taken over meanwhile is not run: the other worker holds a delivery
+ * of it and its outcome. A busy store is tried again before the next
+ * handler. */
+static void renew_leases(warren_worker *w, int from, int n) {
+    int64_t lease_ms = (int64_t)w->cfg->store.lease_s * 1000;
+    int k = 0;
+    if (w->store == NULL ||
+        warren__mono_ms() - w->lease_mono_ms < lease_ms / 3) {
+        return;
+    }
+    /* Claims given back behind a suspect stay given back. */
+    for (int i = from; i < n; i++) {
+        const item *it = &w->items[i];
+        if (it->claim >= 0 && !it->released &&
+            (it->fate == FATE_NONE || it->fate == FATE_DEAD)) {
+            w->claim_scratch[k++] = w->claims[it->claim];
+        }
+    }
+    if (k == 0) {
+        return;
+    }
+    int64_t t = warren__mono_ms();
+    if (warren__store_renew(w->store, w->claim_scratch, (size_t)k,
+                            warren__now_ms()) != 0) {
+        warren__log(WARREN_LOG_DEBUG,
+                    &(warren__log_fields){"lease_renew", w->c->queue, NULL,
+                                          NULL, -1, -1},
+                    "renewing leases failed, trying again before the next "
+                    "handler: %s",
+                    warren__store_errstr(w->store));
+        return;
+    }
+    w->lease_mono_ms = t;
+    k = 0;
+    for (int i = from; i < n; i++) {
+        item *it = &w->items[i];
+        if (it->claim < 0 || it->released ||
+            (it->fate != FATE_NONE && it->fate != FATE_DEAD)) {
+            continue;
+        }
+        if (!w->claim_scratch[k++].lost) {
+            continue;
+        }
+        w->claims[it->claim].lost = 1;
+        it->fate = FATE_SKIP;
+        warren__log(WARREN_LOG_WARN,
+                    &(warren__log_fields){"claim_lost", w->c->queue, it->id,
+                                          NULL, it->attempt, -1},
+                    "claim lost before its handler ran (lease expired and "
+                    "taken over): not run here");
+    }
+}
+
+/* Ends the handler's own store transaction (opened by warren_ctx_db()):
+ * on ACK its writes and its `done` record commit together, now, so the
+ * write lock is held for one handler only and never over a confirm wait;
+ * otherwise they are rolled back. Returns the result to act on; sets the
+ * item's fate itself when the claim turned out lost (SKIP: writes
+ * discarded) or the commit failed (REQUEUE). */
+static warren_result finish_handler_txn(warren_worker *w, item *it,
+                                        warren_result r) {
+    warren__store *s = w->store;
+    if (!warren__store_in_txn(s)) {
+        /* The handler's SQL ended the transaction (ROLLBACK, INSERT OR
+         * ROLLBACK, or SQLite's own rollback on a full disk, an I/O error
+         * or no memory): its writes are gone, so it must run again. */
+        char why[WARREN__ERROR_MAX + 1];
+        snprintf(why, sizeof why,
+                 "the handler's SQL ended the store transaction (ROLLBACK, "
+                 "or SQLite rolled it back): its writes were lost%s%s",
+                 w->ctx.error[0] ? "; " : "", w->ctx.error);
+        snprintf(w->ctx.error, sizeof w->ctx.error, "%s", why);
+        return r == WARREN_ACK ? WARREN_RETRY : r;
+    }
+    if (r != WARREN_ACK) {
+        warren__store_rollback(s);
+        return r;
+    }
+    int rc = warren__store_savepoint_release(s);
+    if (rc != 0) {
+        warren__store_rollback(s);
+        warren_ctx_set_error(&w->ctx,
+                             "the handler released or rolled back warren's "
+                             "savepoint itself: its writes were discarded");
+        return WARREN_RETRY;
+    }
+    rc = warren__store_record(s, w->c->queue, it->id, WARREN__OUT_DONE, NULL,
+                              warren__now_ms());
+    if (rc == 0) {
+        rc = warren__store_commit(s);
+    }
+    if (rc == 0) {
+        it->recorded = 1;
+        return WARREN_ACK;
+    }
+    warren__store_rollback(s);
+    if (rc == WARREN_ERR_NOT_FOUND) {
+        it->fate = FATE_SKIP;
+        warren__log(WARREN_LOG_WARN,
+                    &(warren__log_fields){"claim_lost", w->c->queue, it->id,
+                                          NULL, it->attempt, -1},
+                    "claim lost while the handler ran: its store writes are "
+                    "discarded, the worker that took it over runs it");
+    } else {
+        it->fate = FATE_REQUEUE;
+        warren__log(WARREN_LOG_ERROR,
+                    &(warren__log_fields){"store_error", w->c->queue, it->id,
+                                          NULL, it->attempt, -1},
+                    "committing the handler's writes failed, they are rolled "
+                    "back and the message is handed back: %s",
+                    warren__store_errstr(s));
+    }
+    return WARREN_ACK;
+}
+
 /* Step 2: handlers. */
 static void run_handlers(warren_worker *w, int n) {
     for (int i = 0; i < n; i++) {
@@ -761,6 +889,13 @@ static void run_handlers(warren_worker *w, int n) {
         struct warren_msg *m = &w->slots[i].msg;
         if (it->fate != FATE_NONE) {
             continue;
+        }
+        if (!w->stop) {
+            /* to the end of the batch, past this segment */
+            renew_leases(w, i, w->view_rest);
+            if (it->fate != FATE_NONE) {
+                continue;
+            }
         }
         if (w->stop) {
             /* Asked to stop: what has not started goes back untouched. */
@@ -819,6 +954,9 @@ static void run_handlers(warren_worker *w, int n) {
         warren__wstats_latency(w->ws, us);
         atomic_fetch_add_explicit(&w->ws->handler_calls[allowed ? 0 : 1], 1,
                                   memory_order_relaxed);
+        if (w->ctx.db_used) {
+            r = finish_handler_txn(w, it, r);
+        }
         if (r != WARREN_ACK) {
             atomic_fetch_add_explicit(&w->ws->handler_failures, 1,
                                       memory_order_relaxed);
@@ -834,14 +972,9 @@ static void run_handlers(warren_worker *w, int n) {
                                  t0 + ms);
         }
         publish_breaker(w);
-        if (w->ctx.db_used) {
-            if (r == WARREN_ACK) {
-                warren__store_savepoint_release(w->store);
-            } else {
-                warren__store_savepoint_rollback(w->store);
-            }
-        }
-        if (r == WARREN_ACK) {
+        if (it->fate != FATE_NONE) {
+            /* settled by finish_handler_txn() */
+        } else if (r == WARREN_ACK) {
             it->fate = FATE_ACK;
         } else {
             decide_failure(w, it, r, &w->ctx);
@@ -1050,15 +1183,37 @@ static int publish_copies(warren_worker *w, int n) {
     return rc;
 }
 
-/* Step 4: outcomes, in one transaction with any handler writes. The
- * transaction is left open: commit_outcomes() or claim_next() commits it.
- * On error it is rolled back. */
+/* Opens the outcome transaction. These outcomes belong to handlers that
+ * ran: a busy store is waited for (RECORD_WAIT_MS, heartbeats answered by
+ * the session's helper thread meanwhile), since handing the batch back
+ * would run them again. */
+static int begin_outcomes(warren_worker *w) {
+    int rc = warren__store_begin(w->store);
+    if (rc != WARREN_ERR_STORE_BUSY) {
+        return rc;
+    }
+    warren__log(
+        WARREN_LOG_INFO,
+        &(warren__log_fields){"store_busy", w->c->queue, NULL, NULL, -1, -1},
+        "store busy at recording outcomes: waiting up to %d ms",
+        RECORD_WAIT_MS);
+    warren__session_keepalive_begin(w->sess);
+    rc = warren__store_begin_within(w->store, RECORD_WAIT_MS);
+    warren__session_keepalive_end(w->sess);
+    return rc;
+}
+
+/* Step 4: outcomes, in one transaction (a handler's writes committed with
+ * its own `done` already, see finish_handler_txn()). The transaction is
+ * left open: commit_outcomes() or claim_next() commits it. On error it is
+ * rolled back. */
 static int record_outcomes(warren_worker *w, int n) {
     int rc = 0, any = warren__store_in_txn(w->store);
     int64_t now = warren__now_ms();
     for (int i = 0; i < n; i++) {
         item *it = &w->items[i];
-        if (it->claim < 0 || it->fate == FATE_SKIP || it->fate == FATE_DEFER) {
+        if (it->claim < 0 || it->fate == FATE_SKIP || it->fate == FATE_DEFER ||
+            it->recorded) {
             continue;
         }
         warren__outcome_kind k;
@@ -1077,7 +1232,7 @@ static int record_outcomes(warren_worker *w, int n) {
             break;
         }
         if (!any) {
-            rc = warren__store_begin(w->store);
+            rc = begin_outcomes(w);
             if (rc != 0) {
                 return rc;
             }
@@ -1087,7 +1242,9 @@ static int record_outcomes(warren_worker *w, int n) {
                                   it->reason[0] ? it->reason : NULL, now);
         if (rc == WARREN_ERR_NOT_FOUND) {
             /* Our claim was taken over (lease expired while we ran): the
-             * other worker owns the outcome now. */
+             * other worker owns the outcome now. A handler's store writes
+             * never get here: they commit with their own `done` or not at
+             * all (finish_handler_txn()). */
             warren__log(WARREN_LOG_WARN,
                         &(warren__log_fields){"claim_lost", w->c->queue, it->id,
                                               NULL, it->attempt, -1},
@@ -1292,6 +1449,7 @@ static int claim_next(warren_worker *w, int *next_n, int *session_rc) {
         warren__store_claim_and_commit(w->store, w->claims, (size_t)n_claims,
                                        w->c->max_deliveries, warren__now_ms());
     if (rc == 0) {
+        w->lease_mono_ms = warren__mono_ms();
         apply_claims(w, m);
     }
     use_half(w, cur);
@@ -1305,14 +1463,141 @@ static uint64_t other_last_tag(warren_worker *w, int n) {
     return w->slot_mem[off + (size_t)n - 1].msg.delivery_tag;
 }
 
-/* Runs one claimed batch of `n` deliveries through steps 2-5, and, with
- * group commit, reads and claims the next one (`*next_n` of them, left in
- * the other half, which is current on return). Returns 0, or an error that
- * ends this session (connection) or the worker (store full). */
-static int process_batch(warren_worker *w, int n, int *next_n) {
+/* Points slots and items at the current half from index `from` on: a
+ * segment of the batch is run through the same steps as a whole batch. */
+static void set_view(warren_worker *w, int from) {
+    use_half(w, w->half);
+    w->slots += from;
+    w->items += from;
+}
+
+/* 1 if item `i` of the current half is to run on its own: its claim was
+ * taken over from an owner that never recorded an outcome (it may be what
+ * killed that owner), or, with no claim to tell, the broker redelivered
+ * it. */
+static int is_suspect(warren_worker *w, int i) {
+    const item *it = &w->items[i];
+    if (it->fate != FATE_NONE) {
+        return 0;
+    }
+    if (it->claim >= 0) {
+        return w->claims[it->claim].taken_over;
+    }
+    return w->slots[i].msg.redelivered;
+}
+
+/* Before a suspect runs: acks owed go out, and the claims of the items
+ * after it that are still to run are given back (their deliveries count
+ * is not spent), so that if it kills this worker it alone is charged with
+ * the crash. Returns 0 or a connection error; a store that cannot release
+ * them now only costs that protection. */
+static int isolate_suspect(warren_worker *w, int at, int n) {
+    if (flush_acks(w) != 0) {
+        set_err(w, "%s", warren__session_errstr(w->sess));
+        return WARREN_ERR_CONNECTION;
+    }
+    int any = 0, rc = 0;
+    int64_t now = warren__now_ms();
+    for (int i = at + 1; i < n && rc == 0; i++) {
+        item *it = &w->items[i];
+        if (it->claim < 0 || it->fate != FATE_NONE ||
+            w->claims[it->claim].status != WARREN__CLAIM_RUN) {
+            continue;
+        }
+        if (!any) {
+            rc = warren__store_begin(w->store);
+            any = 1;
+        }
+        if (rc == 0) {
+            rc = warren__store_record(w->store, w->c->queue, it->id,
+                                      WARREN__OUT_RELEASE, NULL, now);
+        }
+    }
+    if (any && rc == 0) {
+        rc = warren__store_commit(w->store);
+    }
+    if (rc != 0) {
+        warren__store_rollback(w->store);
+        warren__log(WARREN_LOG_WARN,
+                    &(warren__log_fields){"store_error", w->c->queue, NULL,
+                                          NULL, -1, -1},
+                    "could not give back the claims behind a suspect "
+                    "message: %s",
+                    warren__store_errstr(w->store));
+        return 0;
+    }
+    for (int i = at + 1; any && i < n; i++) {
+        item *it = &w->items[i];
+        if (it->claim >= 0 && it->fate == FATE_NONE &&
+            w->claims[it->claim].status == WARREN__CLAIM_RUN) {
+            it->released = 1;
+        }
+    }
+    return 0;
+}
+
+/* After a suspect: claims the items isolate_suspect() gave back, again.
+ * Returns 0, 1 if the store was busy and the rest of the batch was handed
+ * back (nothing of it ran), or an error. */
+static int reclaim_released(warren_worker *w, int from, int n) {
+    int k = 0;
+    for (int i = from; i < n; i++) {
+        item *it = &w->items[i];
+        if (it->released) {
+            w->claim_scratch[k++] = w->claims[it->claim];
+        }
+    }
+    if (k == 0) {
+        return 0;
+    }
+    int rc = warren__store_claim_batch(w->store, w->claim_scratch, (size_t)k,
+                                       w->c->max_deliveries, warren__now_ms());
+    if (rc != 0) {
+        warren__log(WARREN_LOG_ERROR,
+                    &(warren__log_fields){"store_error", w->c->queue, NULL,
+                                          NULL, -1, -1},
+                    "claiming the rest of a batch failed, it will be "
+                    "redelivered: %s",
+                    warren__store_errstr(w->store));
+        if (nack_through(w, w->slots[n - 1].msg.delivery_tag) != 0) {
+            return WARREN_ERR_CONNECTION;
+        }
+        if (rc == WARREN_ERR_STORE_BUSY) {
+            return 1;
+        }
+        set_err(w, "%s", warren__store_errstr(w->store));
+        return rc;
+    }
+    w->lease_mono_ms = warren__mono_ms();
+    k = 0;
+    for (int i = from; i < n; i++) {
+        item *it = &w->items[i];
+        if (it->released) {
+            warren__claim *cl = &w->claims[it->claim];
+            int suspect = cl->taken_over;
+            *cl = w->claim_scratch[k++];
+            cl->taken_over |= suspect; /* retaken from ourselves */
+            it->released = 0;
+        }
+    }
+    set_view(w, from);
+    apply_claims(w, n - from);
+    set_view(w, 0);
+    return 0;
+}
+
+/* Runs items [from, from + n) of the current half (claimed) through steps
+ * 2-5. With `last`, the segment ends the batch and group commit may read
+ * and claim the next one (`*next_n` of them, in the other half). `batch_n`
+ * is the size of the whole batch, all of which an error hands back.
+ * Returns 0, 1 if a busy store handed the rest back, or an error that ends
+ * this session (connection) or the worker (store full). */
+static int process_segment(warren_worker *w, int from, int n, int batch_n,
+                           int last, int *next_n) {
     int rc, session_rc = 0;
-    *next_n = 0;
-    WARREN_FAILPOINT("claim.after");
+    uint64_t batch_last_tag = w->slots[batch_n - 1].msg.delivery_tag;
+    set_view(w, from);
+    w->view_rest = batch_n - from;
     run_handlers(w, n);
     WARREN_FAILPOINT("handler.after");
     publish_copies(w, n);
@@ -1333,8 +1618,9 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
     if (w->store) {
         rc = record_outcomes(w, n);
         if (rc == 0) {
-            rc = broken ? commit_outcomes(w)
-                        : claim_next(w, next_n, &session_rc);
+            rc = broken || !last ? commit_outcomes(w)
+                                 : claim_next(w, next_n, &session_rc);
+            set_view(w, from); /* claim_next() switched halves and back */
         }
         if (rc != 0) {
             int both = *next_n > 0;
@@ -1347,23 +1633,65 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
                         warren__store_errstr(w->store));
             if (!broken) {
                 nack_through(w, both ? other_last_tag(w, *next_n)
-                                     : w->slots[n - 1].msg.delivery_tag);
+                                     : batch_last_tag);
             }
             *next_n = 0;
+            set_view(w, 0);
             if (rc == WARREN_ERR_STORE_BUSY) {
-                return broken ? WARREN_ERR_CONNECTION : 0;
+                return broken ? WARREN_ERR_CONNECTION : 1;
             }
             set_err(w, "%s", warren__store_errstr(w->store));
             return rc;
         }
     }
     if (broken) {
+        set_view(w, 0);
         return WARREN_ERR_CONNECTION;
     }
     WARREN_FAILPOINT("commit.after");
     rc = session_rc ? session_rc : settle(w, n);
-    atomic_store_explicit(&w->ws->in_flight, *next_n, memory_order_relaxed);
     count_and_log(w, n);
+    set_view(w, 0);
+    if (rc != 0) {
+        *next_n = 0;
+        return WARREN_ERR_CONNECTION;
+    }
+    return 0;
+}
+
+/* Runs one claimed batch of `n` deliveries through steps 2-5, and, with
+ * group commit, reads and claims the next one (`*next_n` of them, left in
+ * the other half, which is current on return). Returns 0, or an error that
+ * ends this session (connection) or the worker (store full).
+ * Suspects (is_suspect()) run on their own: what ran before one is
+ * committed and settled first, and what comes after it is claimed again
+ * only once it has an outcome, so a handler that kills its worker leaves
+ * no other message of the batch charged with the crash. */
+static int process_batch(warren_worker *w, int n, int *next_n) {
+    int rc = 0;
+    *next_n = 0;
+    WARREN_FAILPOINT("claim.after");
+    for (int a = 0; a < n && rc == 0;) {
+        int suspect = is_suspect(w, a), b = a + 1;
+        while (!suspect && b < n && !is_suspect(w, b)) {
+            b++;
+        }
+        if (suspect && b < n) {
+            rc = w->store ? isolate_suspect(w, a, n) : flush_acks(w);
+            if (rc != 0) {
+                break;
+            }
+        } else if (suspect && flush_acks(w) != 0) {
+            rc = WARREN_ERR_CONNECTION;
+            break;
+        }
+        rc = process_segment(w, a, b - a, n, b == n, next_n);
+        if (rc == 0 && suspect && b < n && w->store) {
+            rc = reclaim_released(w, b, n);
+        }
+        a = b;
+    }
+    atomic_store_explicit(&w->ws->in_flight, *next_n, memory_order_relaxed);
     for (int i = 0; i < n; i++) {
         if (w->slots[i].body_cap > BODY_KEEP_BYTES) {
             free(w->slots[i].body);
@@ -1373,9 +1701,15 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
         warren__delivery_drop_spool(&w->slots[i]);
     }
     warren__session_release(w->sess);
+    if (rc == 1) {
+        rc = 0; /* a busy store handed the rest back */
+    }
     if (rc != 0) {
         *next_n = 0;
-        return WARREN_ERR_CONNECTION;
+        if (w->err[0] == '\0' && rc == WARREN_ERR_CONNECTION && w->sess) {
+            set_err(w, "%s", warren__session_errstr(w->sess));
+        }
+        return rc;
     }
     if (*next_n > 0) {
         use_half(w, w->half ^ 1);
@@ -1640,7 +1974,9 @@ int warren_worker_run(warren_worker *w) {
     w->slot_mem = calloc(halves, sizeof *w->slot_mem);
     w->item_mem = calloc(halves, sizeof *w->item_mem);
     w->claim_mem = calloc(halves, sizeof *w->claim_mem);
-    if (!w->slot_mem || !w->item_mem || !w->claim_mem) {
+    w->claim_scratch =
+        calloc((size_t)w->c->batch_max, sizeof *w->claim_scratch);
+    if (!w->slot_mem || !w->item_mem || !w->claim_mem || !w->claim_scratch) {
         set_err(w, "out of memory");
         return WARREN_ERR_NOMEM;
     }

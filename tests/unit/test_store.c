@@ -298,6 +298,72 @@ static void test_dead_owner_on_same_host_is_taken_over_at_once(void **state) {
     assert_int_equal(c.deliveries, 2);
 }
 
+/* Issue 18 item 5: on one host the owner's life decides, not the wall
+ * clock. A live owner whose lease ran out (a long batch, a clock jump) keeps
+ * its claim; once it is dead the claim is taken over, as a suspect. */
+static void test_live_owner_on_same_host_keeps_claim_past_lease(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    f->b = open_as(f, "host-a", 2000);
+    assert_int_equal(claim1(f->a, Q, "m1", 5, T0, &c), 0);
+    assert_int_equal(c.taken_over, 0);
+    assert_int_equal(claim1(f->b, Q, "m1", 5, T0 + LEASE_S * 1000 * 10, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_BUSY);
+    assert_int_equal(c.deliveries, 1);
+    f->dead_pid = 1000;
+    assert_int_equal(claim1(f->b, Q, "m1", 5, T0 + LEASE_S * 1000 * 10, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(c.deliveries, 2);
+    assert_int_equal(c.taken_over, 1);
+}
+
+/* A claim released (defer, stop) is anyone's at once and says nothing
+ * about its message: not a suspect. */
+static void test_released_claim_is_free_at_once_and_not_suspect(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    f->a = open_as(f, "host-a", 1000);
+    f->b = open_as(f, "host-a", 2000);
+    assert_int_equal(claim1(f->a, Q, "m1", 5, T0, &c), 0);
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_RELEASE, NULL, T0 + 1), 0);
+    assert_int_equal(claim1(f->b, Q, "m1", 5, T0 + 2, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(c.deliveries, 1);
+    assert_int_equal(c.taken_over, 0);
+}
+
+/* Renewal keeps another host from taking a claim whose first lease ran
+ * out; a claim taken over before the renewal is reported lost, and the
+ * loser's late outcome is refused. */
+static void test_renewed_lease_holds_and_lost_claim_is_reported(void **state) {
+    fixture *f = *state;
+    warren__claim c[2], other;
+    f->a = open_as(f, "host-a", 1000);
+    f->b = open_as(f, "host-b", 2000);
+    memset(c, 0, sizeof c);
+    c[0].queue = c[1].queue = Q;
+    c[0].id = "m1";
+    c[1].id = "m2";
+    assert_int_equal(warren__store_claim_batch(f->a, c, 2, 5, T0), 0);
+    assert_int_equal(c[0].status, WARREN__CLAIM_RUN);
+    assert_int_equal(c[1].status, WARREN__CLAIM_RUN);
+    /* m2's lease runs out and host-b takes it; m1's is renewed in time. */
+    assert_int_equal(claim1(f->b, Q, "m2", 5, T0 + LEASE_S * 1000, &other), 0);
+    assert_int_equal(other.status, WARREN__CLAIM_RUN);
+    assert_int_equal(other.taken_over, 1);
+    assert_int_equal(warren__store_renew(f->a, c, 2, T0 + LEASE_S * 1000), 0);
+    assert_int_equal(c[0].lost, 0);
+    assert_int_equal(c[1].lost, 1);
+    assert_int_equal(
+        claim1(f->b, Q, "m1", 5, T0 + LEASE_S * 1000 * 2 - 1, &other), 0);
+    assert_int_equal(other.status, WARREN__CLAIM_BUSY);
+    assert_int_equal(record1(f->a, "m2", WARREN__OUT_DONE, NULL, T0 + 1),
+                     WARREN_ERR_NOT_FOUND);
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_DONE, NULL, T0 + 1), 0);
+    assert_int_equal(record1(f->b, "m2", WARREN__OUT_DONE, NULL, T0 + 1), 0);
+}
+
 static void test_dead_pid_on_other_host_waits_for_lease(void **state) {
     fixture *f = *state;
     warren__claim c;
@@ -1341,6 +1407,9 @@ int main(void) {
         T(test_live_other_owner_gets_busy),
         T(test_expired_lease_is_taken_over_without_spending_attempt),
         T(test_dead_owner_on_same_host_is_taken_over_at_once),
+        T(test_live_owner_on_same_host_keeps_claim_past_lease),
+        T(test_released_claim_is_free_at_once_and_not_suspect),
+        T(test_renewed_lease_holds_and_lost_claim_is_reported),
         T(test_dead_pid_on_other_host_waits_for_lease),
         T(test_own_token_claim_is_taken_over),
         T(test_same_pid_with_other_token_is_not_ours),
