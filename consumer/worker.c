@@ -694,6 +694,14 @@ static void apply_claims(warren_worker *w, int n) {
             break;
         case WARREN__CLAIM_BUSY:
             it->fate = FATE_DEFER;
+            if (cl->copy_attempt > 0) {
+                /* A copy keeps its own attempt number through the defer:
+                 * the copy of attempt N+1 can arrive while the worker that
+                 * published it has not committed `retrying` yet, and a
+                 * defer copy stamped with the record's N would come back
+                 * as a stale delivery and be acked: the chain lost. */
+                it->attempt = cl->copy_attempt;
+            }
             break;
         case WARREN__CLAIM_POISON:
             it->fate = FATE_DEAD;
