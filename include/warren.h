@@ -248,11 +248,18 @@ void warren_ctx_retry_after(warren_ctx *ctx, uint32_t ms);
 int64_t warren_ctx_deadline(const warren_ctx *ctx);
 
 struct sqlite3;
-/* The store's database connection, inside a SAVEPOINT that commits
- * atomically with this message's "done" record and rolls back on
- * WARREN_RETRY, WARREN_DEAD or a crash. Borrowed until the handler returns;
- * never close it, never COMMIT/ROLLBACK/BEGIN on it. NULL if the message runs
- * without dedup or the store is disabled. */
+/* The store's database connection, inside a SAVEPOINT of a write
+ * transaction of this message's own: on WARREN_ACK the handler's writes and
+ * the message's "done" record commit together as soon as it returns; on
+ * WARREN_RETRY, WARREN_DEAD or a crash they roll back. The first call may
+ * wait for another worker's write transaction on the same store (up to
+ * 30 s or the attempt's deadline) and returns NULL if it cannot begin.
+ * Borrowed until the handler returns; never close it, never
+ * COMMIT/ROLLBACK/BEGIN on it: SQL that ends the transaction anyway (an
+ * INSERT OR ROLLBACK conflict, SQLite's own rollback on a full disk or an
+ * I/O error) loses the writes, and the message is then retried, never
+ * recorded done. NULL if the message runs without dedup or the store is
+ * disabled. */
 struct sqlite3 *warren_ctx_db(warren_ctx *ctx);
 
 /* A plugin (.so loaded by "plugin:PATH.so:SYMBOL") must contain this once,
