@@ -4,11 +4,13 @@
  *
  * The supervisor holds no broker connection and no store handle, so it has
  * nothing to lose when a worker dies: it restarts the worker with backoff
- * (the broker redelivers what that worker had unacked, and the store's
- * poison detection bounds crash loops). Which errors stop the pool comes
- * from the one table in warren.h (warren_err_fatal): a worker exits with
- * its error's exit code only for those (ALWAYS, or AT_START early in the
- * pool's life), else with EXIT_FAILURE_RUNTIME, and the supervisor stops
+ * (the broker redelivers what that worker had unacked). A worker killed
+ * while a handler ran has that message's attempt spent: the supervisor
+ * opens the store just to mark the record (charge_crash()); the store's
+ * poison detection bounds the crash loops nobody attributed. Which errors stop
+ * the pool comes from the one table in warren.h (warren_err_fatal): a worker
+ * exits with its error's exit code only for those (ALWAYS, or AT_START early in
+ * the pool's life), else with EXIT_FAILURE_RUNTIME, and the supervisor stops
  * the pool on any code but those two.
  * SIGTERM/SIGINT: forwarded once as SIGTERM; workers finish the message in
  * hand, commit, ack and exit. A second signal, or the grace running out,
@@ -40,6 +42,8 @@
 
 #include "config.h" /* shutdown_grace_s, workers per consumer */
 #include "log.h"
+#include "store.h"
+#include "wstats.h"
 
 #define RESTART_MIN_MS 500
 #define RESTART_MAX_MS 30000
@@ -62,6 +66,8 @@ typedef struct {
     int64_t kill_at_ms;    /* retiring: SIGKILL once past this */
     int retiring;          /* SIGTERMed by a reload: not restarted */
     int overdue;           /* SIGKILLed for an overdue handler */
+    int64_t overdue_by_ms; /* ... this long past its deadline */
+    int stop_killed;       /* SIGKILLed by a stop or a reload's grace */
     char plugin[64];       /* its plugin file when started (handler_stamp) */
 } child;
 
@@ -243,6 +249,7 @@ static pid_t spawn(pool *p, int slot) {
         c->started_ms = warren__mono_ms();
         c->restart_at_ms = 0;
         c->overdue = 0;
+        c->stop_killed = 0;
     }
     return pid;
 }
@@ -392,6 +399,7 @@ static void check_deadlines(pool *p, int64_t now) {
         }
         kill(c->pid, SIGKILL);
         c->overdue = 1;
+        c->overdue_by_ms = now - d;
         pthread_mutex_lock(&p->view.lock);
         if (p->view.slot_series[i] >= 0) {
             p->view.series[p->view.slot_series[i]].deadline_kills++;
@@ -406,6 +414,104 @@ static void check_deadlines(pool *p, int64_t now) {
                     (long long)(now - d), timeout_s, (long long)grace,
                     (int)c->pid);
     }
+}
+
+/* ---- crashes charged to the message --------------------------------------
+ */
+
+/* A worker of slot `slot` died by signal `sig` while its handler ran on
+ * the id in its shared slot: tells the store, so that the claim which
+ * takes the record over spends the attempt instead of running the handler
+ * again (worker.c, apply_claims()). Only the record that worker still owns
+ * in processing is marked. Called before the worker is reaped: as a zombie
+ * its pid is neither reused nor dead to kill(pid, 0), so no other worker
+ * takes the record over first. A store error is logged and forgotten: the
+ * poison count (max_deliveries) still bounds the crashes. */
+static void charge_crash(pool *p, int slot, int sig) {
+    child *c = &p->kids[slot];
+    warren__wstats *ws = &p->view.slots[slot];
+    const warren__consumer_cfg *cc = &c->cfg->consumers[c->consumer];
+    if (!cc->dedup || (c->stop_killed && !c->overdue) ||
+        atomic_load_explicit(&ws->running, memory_order_acquire) != 1) {
+        return;
+    }
+    char id[sizeof ws->running_id], reason[256], host[128], err[1024];
+    memcpy(id, ws->running_id, sizeof id);
+    id[sizeof id - 1] = '\0';
+    if (c->overdue) {
+        snprintf(reason, sizeof reason,
+                 "worker died while running the handler: killed by signal %d "
+                 "(over timeout_s %g by %.1f s)",
+                 sig, cc->timeout_s, (double)c->overdue_by_ms / 1000.0);
+    } else {
+        snprintf(reason, sizeof reason,
+                 "worker died while running the handler: killed by signal %d "
+                 "(%s)",
+                 sig, strsignal(sig));
+    }
+    /* The same host name the worker's claims carry (worker.c). */
+    if (gethostname(host, sizeof host) != 0) {
+        snprintf(host, sizeof host, "localhost");
+    }
+    host[sizeof host - 1] = '\0';
+    warren__store_opts o = {
+        .synchronous = c->cfg->store.synchronous,
+        .busy_timeout_ms = c->cfg->store.busy_timeout_ms,
+        .lease_s = c->cfg->store.lease_s,
+        .owner_host = host,
+        .owner_pid = (int)getpid(),
+        .flags = WARREN__STORE_F_MUST_EXIST,
+    };
+    warren__store *s = NULL;
+    int marked = 0;
+    int rc = warren__store_open(c->cfg->store.path, &o, &s, err, sizeof err);
+    if (rc == 0) {
+        rc = warren__store_mark_crashed(s, cc->queue, id, (int)c->pid, reason,
+                                        &marked);
+        if (rc != 0) {
+            snprintf(err, sizeof err, "%s", warren__store_errstr(s));
+        }
+    }
+    warren__store_close(s);
+    if (rc != 0) {
+        warren__log(
+            WARREN_LOG_ERROR,
+            &(warren__log_fields){"store_error", cc->queue, id, NULL, -1, -1},
+            "could not record that worker pid %d died while running "
+            "this message's handler (its redelivery counts only "
+            "towards max_deliveries): %s",
+            (int)c->pid, err);
+        return;
+    }
+    warren__log(WARREN_LOG_WARN,
+                &(warren__log_fields){"handler_crash", cc->queue, id,
+                                      marked ? "charged" : "not_found", -1, -1},
+                "%s; worker pid %d%s", reason, (int)c->pid,
+                marked ? ": the attempt is spent, the redelivery goes through "
+                         "the retry policy"
+                       : ": its claim was not in processing under that "
+                         "worker any more, nothing charged");
+}
+
+/* Reaps one worker that ended, if any, and returns its pid (0: none).
+ * One killed by a signal while a handler ran is charged first
+ * (charge_crash()), while it is still a zombie. */
+static pid_t reap(pool *p, int *status) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+        si.si_pid <= 0) {
+        return 0;
+    }
+    if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) {
+        for (int i = 0; i < CLI_MAX_SLOTS; i++) {
+            if (p->kids[i].used && p->kids[i].pid == si.si_pid) {
+                charge_crash(p, i, si.si_status);
+                break;
+            }
+        }
+    }
+    return waitpid(si.si_pid, status, WNOHANG);
 }
 
 /* ---- reload -------------------------------------------------------------- */
@@ -686,6 +792,7 @@ static int supervise(pool *p) {
                 ((stopping && (got_stop > 1 || now > stop_deadline)) ||
                  (c->retiring && now > c->kill_at_ms))) {
                 kill(c->pid, SIGKILL);
+                c->stop_killed = 1;
             }
         }
         if (got_hup) {
@@ -698,7 +805,7 @@ static int supervise(pool *p) {
                 begin_reload(p);
             }
         }
-        pid_t pid = waitpid(-1, &status, WNOHANG);
+        pid_t pid = reap(p, &status);
         if (pid > 0) {
             for (int i = 0; i < CLI_MAX_SLOTS; i++) {
                 if (p->kids[i].used && p->kids[i].pid == pid) {

@@ -63,6 +63,7 @@ enum {
     ST_STATS,
     ST_REVIVE,
     ST_RENEW,
+    ST_MARK_CRASHED,
     ST_COUNT
 };
 
@@ -82,11 +83,13 @@ static const char *const stmt_sql[ST_COUNT] = {
         "?7, ?8) ON CONFLICT DO NOTHING",
     [ST_SELECT] = "SELECT state, attempts, deliveries, owner_host, owner_pid, "
                   "owner_token, lease_until, first_failed_at, last_error, "
-                  "replays FROM messages WHERE queue = ?1 AND id = ?2",
+                  "replays, crashed_reason FROM messages "
+                  "WHERE queue = ?1 AND id = ?2",
     [ST_TAKE] = "UPDATE messages SET state = 'processing', attempts = ?3, "
                 "deliveries = ?4, owner_host = ?5, owner_pid = ?6, "
                 "owner_token = ?7, lease_until = ?8, updated_at = ?9, "
-                "replays = ?10 WHERE queue = ?1 AND id = ?2",
+                "replays = ?10, crashed_reason = NULL "
+                "WHERE queue = ?1 AND id = ?2",
     [ST_DONE] = "UPDATE messages SET state = 'done', lease_until = 0, "
                 "updated_at = ?4 "
                 "WHERE queue = ?1 AND id = ?2 AND owner_token = ?3",
@@ -127,6 +130,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_RENEW] = "UPDATE messages SET lease_until = ?4 "
                  "WHERE queue = ?1 AND id = ?2 AND owner_token = ?3 "
                  "AND state = 'processing'",
+    [ST_MARK_CRASHED] = "UPDATE messages SET crashed_reason = ?5 "
+                        "WHERE queue = ?1 AND id = ?2 AND owner_host = ?3 "
+                        "AND owner_pid = ?4 AND state = 'processing'",
 };
 
 /* Version 1. A rowid table with UNIQUE(queue, id) rather than a WITHOUT
@@ -176,9 +182,13 @@ static const char schema_v1[] =
  * replay` publishes generation + 1, and that copy may move the record from
  * dead back to processing (a fresh attempt chain), whatever store the
  * replay itself looked at. Nothing else may: the trigger still refuses any
- * other way out of dead, and every way out of done. */
+ * other way out of dead, and every way out of done.
+ * `crashed_reason` (issue 14): set by `warren run` on a processing record
+ * whose owner died while running its handler; the claim that takes the
+ * record over reports it (the attempt is then spent) and clears it. */
 static const char schema_v2[] =
     "ALTER TABLE messages ADD COLUMN replays INT NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN crashed_reason TEXT;"
     "DROP TRIGGER messages_from_dead;"
     "CREATE TRIGGER messages_from_dead BEFORE UPDATE ON messages"
     " WHEN OLD.state = 'dead' AND NOT (NEW.state = 'processing' AND"
@@ -707,6 +717,7 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     c->deliveries = 0;
     c->first_failed_at_ms = 0;
     c->last_error[0] = '\0';
+    c->crashed_reason[0] = '\0';
     c->taken_over = 0;
     c->lost = 0;
 
@@ -751,6 +762,8 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     c->first_failed_at_ms = sqlite3_column_int64(st, 7);
     copy_text(c->last_error, sizeof c->last_error, sqlite3_column_text(st, 8));
     int64_t stored_replays = sqlite3_column_int64(st, 9);
+    char crashed[sizeof c->crashed_reason];
+    copy_text(crashed, sizeof crashed, sqlite3_column_text(st, 10));
     c->attempt = attempts;
     c->deliveries = deliveries;
 
@@ -825,6 +838,10 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     }
     c->deliveries = deliveries + 1;
     c->taken_over = !ours && lease_until != 0;
+    if (!ours) {
+        /* take() cleared it: this claim alone reports the crash. */
+        memcpy(c->crashed_reason, crashed, sizeof crashed);
+    }
     c->status = max_deliveries > 0 && c->deliveries > max_deliveries
                     ? WARREN__CLAIM_POISON
                     : WARREN__CLAIM_RUN;
@@ -925,6 +942,31 @@ int warren__store_renew(warren__store *s, warren__claim *claims, size_t n,
     for (size_t i = 0; i < n; i++) {
         int seen = (claims[i].lost & 2) != 0;
         claims[i].lost = (claims[i].lost & 1) | (rc == 0 && seen);
+    }
+    return rc;
+}
+
+int warren__store_mark_crashed(warren__store *s, const char *queue,
+                               const char *id, int owner_pid,
+                               const char *reason, int *marked) {
+    if (s == NULL || queue == NULL || id == NULL || reason == NULL ||
+        owner_pid <= 0) {
+        return WARREN_ERR_INVAL;
+    }
+    if (warren__store_in_txn(s)) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "mark crashed: called inside an open transaction");
+    }
+    char stored[STORED_ERROR_MAX];
+    copy_text(stored, sizeof stored, (const unsigned char *)reason);
+    sqlite3_stmt *st = s->st[ST_MARK_CRASHED];
+    bind_key(st, queue, id);
+    sqlite3_bind_text(st, 3, s->host, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, owner_pid);
+    sqlite3_bind_text(st, 5, stored, -1, SQLITE_STATIC);
+    int rc = run(s, ST_MARK_CRASHED, "mark a crashed claim");
+    if (marked != NULL) {
+        *marked = rc == 0 && sqlite3_changes(s->db) == 1;
     }
     return rc;
 }

@@ -104,6 +104,11 @@ typedef struct {
      * never recorded an outcome: its handler may be what killed it, so the
      * worker runs this one on its own (a suspect). */
     int taken_over;
+    /* Taken over from an owner that `warren run` saw die while running
+     * this record's handler (warren__store_mark_crashed): the reason, ""
+     * if none. The claim clears it in the store, so one crash is reported
+     * once; the worker spends the attempt without running the handler. */
+    char crashed_reason[256];
     int lost; /* set by renew(): the claim is not ours any more */
 } warren__claim;
 
@@ -131,6 +136,19 @@ int warren__store_claim_and_commit(warren__store *s, warren__claim *claims,
  * WARREN_ERR_STORE_BUSY) nothing changes and no `lost` is set. */
 int warren__store_renew(warren__store *s, warren__claim *claims, size_t n,
                         int64_t now_ms);
+
+/* Marks the record (queue, id) as crashed with `reason` (copied), only if
+ * it is processing and owned by `owner_pid` on this store's host (opts'
+ * owner_host, as the worker's own store has it): its owner died
+ * while running the handler, and the next claim that takes it over gets
+ * the reason in warren__claim.crashed_reason. One autocommitted statement
+ * (no transaction may be open). Sets `*marked` (may be NULL) to 1 if the
+ * record was marked, 0 if no record matched (gone, taken over already,
+ * another owner). For `warren run`, which calls it for a worker it has
+ * seen die but not reaped yet (so its pid cannot be reused meanwhile). */
+int warren__store_mark_crashed(warren__store *s, const char *queue,
+                               const char *id, int owner_pid,
+                               const char *reason, int *marked);
 
 /* begin(), retried while the store is busy for up to `wait_ms` in all
  * (measured on the monotonic clock). For a caller that must not give up

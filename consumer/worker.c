@@ -111,6 +111,7 @@ typedef struct {
     int published; /* a copy went out in this batch */
     int recorded;  /* done committed with the handler's own transaction */
     int released;  /* claim given back before a suspect ran: claim again */
+    int crashed;   /* its last run killed the worker (store's report) */
     char reason[WARREN__ERROR_MAX + 1];
     const char *outcome; /* for logs */
     const char *handler; /* "primary", "fallback"; NULL if none ran */
@@ -165,6 +166,10 @@ struct warren_worker {
     int ack_every;
     int64_t ack_since_ms;
 };
+
+_Static_assert(sizeof(((warren__wstats *)0)->running_id) >=
+                   sizeof(((item *)0)->id),
+               "wstats.running_id holds any id");
 
 static void set_err(warren_worker *w, const char *fmt, ...) WARREN_PRINTF(2, 3);
 
@@ -451,8 +456,10 @@ static void decide_failure(warren_worker *w, item *it, warren_result r,
         return;
     }
     /* A failure a retry could follow costs a budget token (DEAD, a
-     * permanent failure, does not: gRPC's fatal status codes). */
-    int within_budget = warren__retrybudget_failure(&w->budget);
+     * permanent failure, does not: gRPC's fatal status codes). A crash
+     * reported by the store does not either: no handler ran here, and the
+     * budget (like the breaker) judges the handler's results. */
+    int within_budget = it->crashed || warren__retrybudget_failure(&w->budget);
     int64_t now = warren__now_ms();
     if (it->first_failed_at_ms == 0) {
         it->first_failed_at_ms = now;
@@ -687,6 +694,19 @@ static void apply_claims(warren_worker *w, int n) {
         }
         switch (cl->status) {
         case WARREN__CLAIM_RUN:
+            if (cl->crashed_reason[0] && it->fate == FATE_NONE) {
+                /* Its handler was running when its last worker died: that
+                 * run was this attempt, spent now without running it again,
+                 * so a handler that always hangs or crashes goes through
+                 * the retry policy (backoff, then the DLQ) like one that
+                 * fails. */
+                warren_ctx crash;
+                warren__ctx_reset(&crash, 0);
+                snprintf(crash.error, sizeof crash.error, "%s",
+                         cl->crashed_reason);
+                it->crashed = 1;
+                decide_failure(w, it, WARREN_RETRY, &crash);
+            }
             break;
         case WARREN__CLAIM_DUPLICATE:
         case WARREN__CLAIM_DEAD:
@@ -789,7 +809,7 @@ static void renew_leases(warren_worker *w, int from, int n) {
     for (int i = from; i < n; i++) {
         const item *it = &w->items[i];
         if (it->claim >= 0 && !it->released &&
-            (it->fate == FATE_NONE || it->fate == FATE_DEAD)) {
+            (it->fate == FATE_NONE || it->fate == FATE_DEAD || it->crashed)) {
             w->claim_scratch[k++] = w->claims[it->claim];
         }
     }
@@ -812,7 +832,7 @@ static void renew_leases(warren_worker *w, int from, int n) {
     for (int i = from; i < n; i++) {
         item *it = &w->items[i];
         if (it->claim < 0 || it->released ||
-            (it->fate != FATE_NONE && it->fate != FATE_DEAD)) {
+            (it->fate != FATE_NONE && it->fate != FATE_DEAD && !it->crashed)) {
             continue;
         }
         if (!w->claim_scratch[k++].lost) {
@@ -949,6 +969,12 @@ static void run_handlers(warren_worker *w, int n) {
                               deadline ? t0 + (int64_t)(w->c->timeout_s * 1000)
                                        : 0,
                               memory_order_relaxed);
+        /* And which id runs: if this worker dies now, the supervisor tells
+         * the store, and the attempt is spent (apply_claims()). */
+        if (it->claim >= 0) {
+            memcpy(w->ws->running_id, it->id, sizeof it->id);
+            atomic_store_explicit(&w->ws->running, 1, memory_order_release);
+        }
         /* The handler may outlast 2 x heartbeat_s: the session's helper
          * thread keeps heartbeats going meanwhile, and this thread leaves
          * the connection alone until end(). */
@@ -959,6 +985,7 @@ static void run_handlers(warren_worker *w, int n) {
         int64_t ms = us / 1000;
         atomic_store_explicit(&w->ws->handler_deadline_mono_ms, 0,
                               memory_order_relaxed);
+        atomic_store_explicit(&w->ws->running, 0, memory_order_relaxed);
         warren__wstats_latency(w->ws, us);
         atomic_fetch_add_explicit(&w->ws->handler_calls[allowed ? 0 : 1], 1,
                                   memory_order_relaxed);

@@ -45,6 +45,13 @@ typedef struct warren__wstats {
     _Atomic uint64_t handler_calls[2];
     /* Transitions into each warren__breaker_state (closed, open, half). */
     _Atomic uint64_t breaker_transitions[3];
+    /* While a handler runs on a message the store tracks: 1, and its id in
+     * running_id (NUL-terminated; written before the flag is set, with
+     * release order); else 0. The supervisor reads them only once the
+     * worker is dead (stable then), to tell the store that this id's
+     * handler was running when it died (cli/run.c). */
+    _Atomic int running;
+    char running_id[256 + 1]; /* WARREN__ID_MAX + 1 */
 } warren__wstats;
 
 /* Makes `w` write its figures into `slot` (borrowed: must outlive `w`;

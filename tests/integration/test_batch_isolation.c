@@ -142,6 +142,19 @@ static int all_done(void *arg) {
            itest_delay_cascade_empty(f->conn);
 }
 
+static int one_dead(void *arg) {
+    return state_count(arg, "dead") >= 1;
+}
+
+/* `bad` goes through the retry cascade with backoff, one attempt per crash
+ * (issue 14): the good ones may all be done before it is dead. */
+static void wait_one_dead(fx *f, double timeout_s) {
+    if (!itest_wait_until(one_dead, f, timeout_s)) {
+        dump_log(f->log);
+        fail_msg("no record dead after %.0f s", timeout_s);
+    }
+}
+
 static void wait_all_done(fx *f, double timeout_s) {
     if (!itest_wait_until(all_done, f, timeout_s)) {
         dump_log(f->log);
@@ -175,9 +188,10 @@ static int log_contains(void *arg) {
 }
 
 /* Item 1: prefetch 10, an exec handler that SIGKILLs its worker for `bad`,
- * ten good messages around it. Only `bad` is dead-lettered (as poison,
- * after max_deliveries crashes); every good id ends `done`, ran at least
- * once and at most twice (once in the batch that crashed, once after). */
+ * ten good messages around it. Only `bad` is dead-lettered (after
+ * max_attempts 3: `warren run` charges each crash to it as an attempt,
+ * issue 14); every good id ends `done`, ran at least once and at most
+ * twice (once in the batch that crashed, once after). */
 static void test_crashing_message_dead_lettered_alone_others_run_once_per_crash(
     void **state) {
     (void)state;
@@ -192,12 +206,13 @@ static void test_crashing_message_dead_lettered_alone_others_run_once_per_crash(
                      "fi\n"
                      "exit 0\n");
     assert_int_equal(chmod(f.script, 0700), 0);
-    snprintf(
-        text, sizeof text,
-        "{\"store\": {\"path\": \"%s\"}, \"shutdown_grace_s\": 10,\n"
-        " \"consumers\": [{\"queue\": \"%s\", \"handler\": \"exec:%s\",\n"
-        "   \"prefetch\": 10, \"batch_max\": 10, \"max_deliveries\": 3}]}\n",
-        f.db, f.queue, f.script);
+    snprintf(text, sizeof text,
+             "{\"store\": {\"path\": \"%s\"}, \"shutdown_grace_s\": 10,\n"
+             " \"consumers\": [{\"queue\": \"%s\", \"handler\": \"exec:%s\",\n"
+             "   \"prefetch\": 10, \"batch_max\": 10, \"max_deliveries\": 3,\n"
+             "   \"retry\": {\"max_attempts\": 3, \"backoff\": {\"kind\": "
+             "\"fixed\", \"delay_ms\": 100}}}]}\n",
+             f.db, f.queue, f.script);
     itest_write_file(f.cfg, text);
     for (int i = 0; i < 11; i++) {
         char id[16];
@@ -211,6 +226,7 @@ static void test_crashing_message_dead_lettered_alone_others_run_once_per_crash(
     f.want_done = 10;
     f.pid = start_run(f.cfg, f.log);
     wait_all_done(&f, 180);
+    wait_one_dead(&f, 60);
     char dlq[192];
     snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
     /* Nothing lost: ten done, bad dead and alone in the DLQ. */
@@ -228,8 +244,10 @@ static void test_crashing_message_dead_lettered_alone_others_run_once_per_crash(
     const amqp_field_value_t *e = itest_msg_header(&m, "x-warren-error");
     assert_non_null(e);
     assert_true(e->kind == AMQP_FIELD_KIND_UTF8);
+    const char *why = "gave up after 3 attempts: worker died while running "
+                      "the handler: killed by signal 9";
     assert_non_null(
-        memmem(e->value.bytes.bytes, e->value.bytes.len, "poison", 6));
+        memmem(e->value.bytes.bytes, e->value.bytes.len, why, strlen(why)));
     itest_msg_free(&m);
     /* Nothing doubled beyond one run per crash. */
     for (int i = 0; i < 10; i++) {
@@ -255,13 +273,14 @@ static void test_crashing_plugin_message_dead_lettered_alone_others_commit_once(
     char text[2048];
     fx_setup(&f, "crashdb");
     setenv("PROBE_CRASH_ID", "bad", 1);
-    snprintf(
-        text, sizeof text,
-        "{\"store\": {\"path\": \"%s\"}, \"shutdown_grace_s\": 10,\n"
-        " \"consumers\": [{\"queue\": \"%s\",\n"
-        "   \"handler\": \"plugin:%s:probe\",\n"
-        "   \"prefetch\": 10, \"batch_max\": 10, \"max_deliveries\": 3}]}\n",
-        f.db, f.queue, f.plugin);
+    snprintf(text, sizeof text,
+             "{\"store\": {\"path\": \"%s\"}, \"shutdown_grace_s\": 10,\n"
+             " \"consumers\": [{\"queue\": \"%s\",\n"
+             "   \"handler\": \"plugin:%s:probe\",\n"
+             "   \"prefetch\": 10, \"batch_max\": 10, \"max_deliveries\": 3,\n"
+             "   \"retry\": {\"max_attempts\": 3, \"backoff\": {\"kind\": "
+             "\"fixed\", \"delay_ms\": 100}}}]}\n",
+             f.db, f.queue, f.plugin);
     itest_write_file(f.cfg, text);
     for (int i = 0; i < 11; i++) {
         char id[16];
@@ -275,6 +294,7 @@ static void test_crashing_plugin_message_dead_lettered_alone_others_commit_once(
     f.want_done = 10;
     f.pid = start_run(f.cfg, f.log);
     wait_all_done(&f, 180);
+    wait_one_dead(&f, 60);
     char dlq[192];
     snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
     assert_int_equal(state_count(&f, "done"), 10);

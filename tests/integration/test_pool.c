@@ -729,6 +729,97 @@ test_store_locked_at_start_restarts_the_worker_not_the_pool(void **state) {
     fx_teardown(&f);
 }
 
+static int dlq_error_has(const itest_msg *m, const char *needle) {
+    const amqp_field_value_t *err = itest_msg_header(m, "x-warren-error");
+    char text[1024];
+    if (err == NULL) {
+        return 0;
+    }
+    snprintf(text, sizeof text, "%.*s", (int)err->value.bytes.len,
+             (const char *)err->value.bytes.bytes);
+    if (strstr(text, needle) == NULL) {
+        fprintf(stderr, "x-warren-error: %s\n", text);
+        return 0;
+    }
+    return 1;
+}
+
+/* Issue 14 section 4: a worker the supervisor kills for an overdue
+ * in-process handler spends that attempt. A handler that always hangs goes
+ * through max_attempts 3 with backoff (one kill per attempt) and is
+ * dead-lettered naming the crash, long before max_deliveries 50; the good
+ * message beside it is handled exactly once. */
+static void hang_spends_one_attempt_per_kill(const char *mode) {
+    fx f;
+    char dlq[192], consumer[1024];
+    fx_setup(&f, mode);
+    snprintf(consumer, sizeof consumer,
+             "{\"queue\": \"%%s\", \"handler\": \"builtin:sleep:0\", "
+             "\"timeout_s\": 1, \"max_deliveries\": 50, \"retry\": "
+             "{\"mode\": \"%s\", \"max_attempts\": 3, \"backoff\": "
+             "{\"kind\": \"fixed\", \"delay_ms\": 200}}}",
+             mode);
+    fx_config(&f, consumer);
+    /* The worker declares the queue itself (nack mode: with its
+     * dead-letter arguments), then the two messages go in. */
+    itest_queue_delete(f.conn, f.qa);
+    fx_start(&f);
+    wait_log(&f, "\"event\":\"consuming\"", 20);
+    itest_publish(f.conn, "", f.qa, "hang-1", "60000", 5);
+    itest_publish(f.conn, "", f.qa, "good-1", "0", 1);
+    /* Three kills of about 6 s each (timeout_s 1 + the 5 s grace), the
+     * restarts 0.5, 1, 2 s after them. */
+    wait_metric(&f, "warren_messages_dead_lettered_total", f.qa, 1, 90);
+    snprintf(dlq, sizeof dlq, "%s.dlq", f.qa);
+    assert_int_equal(itest_queue_depth(f.conn, dlq), 1);
+    itest_msg m;
+    assert_int_equal(itest_get(f.conn, dlq, &m, 0), 1);
+    assert_true(dlq_error_has(&m, "gave up after 3 attempts: worker died "
+                                  "while running the handler: killed by "
+                                  "signal 9 (over timeout_s 1 by "));
+    const amqp_field_value_t *att = itest_msg_header(&m, "x-warren-attempts");
+    assert_non_null(att);
+    assert_int_equal(att->value.i64, 3);
+    itest_msg_free(&m);
+    assert_int_equal(itest_queue_depth(f.conn, dlq), 0);
+    /* One kill per attempt, each charged once, and attempts 1, 2, 3. */
+    assert_true(sample(&f, "warren_handler_deadline_kills_total", f.qa) == 3);
+    assert_true(sample(&f, "warren_worker_restarts_total", f.qa) == 3);
+    assert_int_equal(log_count(&f, "\"outcome\":\"charged\""), 3);
+    assert_int_equal(log_count(&f, "\"message_id\":\"hang-1\",\"attempt\":1,"
+                                   "\"outcome\":\"retry\""),
+                     1);
+    assert_int_equal(log_count(&f, "\"message_id\":\"hang-1\",\"attempt\":2,"
+                                   "\"outcome\":\"retry\""),
+                     1);
+    assert_int_equal(log_count(&f, "\"message_id\":\"hang-1\",\"attempt\":3,"
+                                   "\"outcome\":\"dead\""),
+                     1);
+    assert_int_equal(log_count(&f, "\"message_id\":\"hang-1\",\"attempt\""), 3);
+    assert_true(sample(&f, "warren_messages_retried_total", f.qa) == 2);
+    /* The good message: acked once, its handler completed once (the hung
+     * calls never returned, so they are not timed). */
+    wait_metric(&f, "warren_messages_acked_total", f.qa, 1, 20);
+    assert_true(scrape(&f, "warren_messages_acked_total", f.qa) == 1);
+    assert_true(sample(&f, "warren_messages_duplicate_total", f.qa) == 0);
+    assert_true(sample(&f, "warren_handler_duration_seconds_count", f.qa) == 1);
+    assert_int_equal(itest_queue_depth(f.conn, f.qa), 0);
+    fx_teardown(&f);
+}
+
+static void
+test_handler_that_always_hangs_spends_one_attempt_per_kill(void **state) {
+    (void)state;
+    hang_spends_one_attempt_per_kill("republish");
+}
+
+/* The same in nack mode: each spent attempt is nacked into <queue>.retry. */
+static void
+test_handler_that_always_hangs_spends_attempts_in_nack_mode(void **state) {
+    (void)state;
+    hang_spends_one_attempt_per_kill("nack");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
@@ -748,6 +839,10 @@ int main(void) {
             test_store_locked_at_start_restarts_the_worker_not_the_pool),
         cmocka_unit_test(
             test_exec_output_leaves_the_worker_log_one_json_object_per_line),
+        cmocka_unit_test(
+            test_handler_that_always_hangs_spends_one_attempt_per_kill),
+        cmocka_unit_test(
+            test_handler_that_always_hangs_spends_attempts_in_nack_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

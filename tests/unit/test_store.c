@@ -428,6 +428,65 @@ static void test_poison_after_max_deliveries(void **state) {
     assert_int_equal(c.status, WARREN__CLAIM_DEAD);
 }
 
+/* Issue 14 section 4: `warren run` marks the record whose handler was
+ * running when its worker died; the takeover claim reports it once (and
+ * clears it), so the worker spends that attempt. Only the dead owner's
+ * processing record is marked: not another owner's, not a retrying one. */
+static void
+test_crash_mark_is_reported_by_takeover_once_and_cleared(void **state) {
+    fixture *f = *state;
+    warren__claim c;
+    int marked = -1;
+    const char *why = "worker died while running the handler: killed by "
+                      "signal 9 (over timeout_s 1 by 5.0 s)";
+    f->a = open_as(f, "host-a", 1000);
+    f->b = open_as(f, "host-a", 2000);
+    assert_int_equal(claim1(f->a, Q, "m1", 50, T0, &c), 0);
+    assert_int_equal(claim1(f->a, Q, "m2", 50, T0, &c), 0);
+    /* Wrong pid, or the right pid on another host: nothing marked. */
+    warren__store *other = open_as(f, "host-b", 3000);
+    assert_int_equal(
+        warren__store_mark_crashed(f->b, Q, "m1", 2000, why, &marked), 0);
+    assert_int_equal(marked, 0);
+    assert_int_equal(
+        warren__store_mark_crashed(other, Q, "m1", 1000, why, &marked), 0);
+    assert_int_equal(marked, 0);
+    warren__store_close(other);
+    assert_int_equal(
+        warren__store_mark_crashed(f->b, Q, "m1", 1000, why, &marked), 0);
+    assert_int_equal(marked, 1);
+    f->dead_pid = 1000;
+    assert_int_equal(claim1(f->b, Q, "m1", 50, T0 + 1, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(c.attempt, 1); /* the worker spends it, not the store */
+    assert_int_equal(c.taken_over, 1);
+    assert_string_equal(c.crashed_reason, why);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM messages WHERE "
+                                      "crashed_reason IS NOT NULL"),
+                     0);
+    /* m2 ran in no handler: its takeover reports nothing. */
+    assert_int_equal(claim1(f->b, Q, "m2", 50, T0 + 1, &c), 0);
+    assert_int_equal(c.taken_over, 1);
+    assert_string_equal(c.crashed_reason, "");
+    /* Reported once: b dies too, unmarked; the next takeover is clean. */
+    f->dead_pid = 2000;
+    assert_int_equal(claim1(f->a, Q, "m1", 50, T0 + 2, &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_int_equal(c.deliveries, 3);
+    assert_string_equal(c.crashed_reason, "");
+    /* A record with an outcome is not marked (not processing). */
+    assert_int_equal(record1(f->a, "m1", WARREN__OUT_RETRYING, why, T0 + 3), 0);
+    assert_int_equal(
+        warren__store_mark_crashed(f->b, Q, "m1", 1000, why, &marked), 0);
+    assert_int_equal(marked, 0);
+    assert_int_equal(claim1(f->a, Q, "m1", 50, T0 + 4, &c), 0);
+    assert_int_equal(c.attempt, 2);
+    assert_string_equal(c.crashed_reason, "");
+    assert_int_equal(
+        warren__store_mark_crashed(NULL, Q, "m1", 1000, why, &marked),
+        WARREN_ERR_INVAL);
+}
+
 static void test_retrying_outcome_resets_delivery_count(void **state) {
     fixture *f = *state;
     warren__claim c;
@@ -808,6 +867,8 @@ static void test_v1_store_is_migrated_to_v2_keeping_records(void **state) {
     f->a = open_as(f, "host-a", 1000);
     assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
     assert_int_equal(sql_int(f->path, "SELECT sum(replays) FROM messages"), 0);
+    assert_int_equal(
+        sql_int(f->path, "SELECT count(crashed_reason) FROM messages"), 0);
     /* The dead letter of a v1 record carries x-warren-replays 0; its
      * replay (1) runs, from attempt 1; the done one stays a duplicate. */
     assert_int_equal(claim1_gen(f->a, "dead1", 1, T0, &c), 0);
@@ -1414,6 +1475,7 @@ int main(void) {
         T(test_own_token_claim_is_taken_over),
         T(test_same_pid_with_other_token_is_not_ours),
         T(test_poison_after_max_deliveries),
+        T(test_crash_mark_is_reported_by_takeover_once_and_cleared),
         T(test_retrying_outcome_resets_delivery_count),
         T(test_release_gives_claim_back_at_once),
         T(test_release_of_retried_claim_keeps_attempt),
