@@ -1139,12 +1139,10 @@ int warren__store_prune(warren__store *s, int64_t now_ms, uint32_t retention_s,
     return 0;
 }
 
-/* Deletes the record of (queue, id); with `only_dead`, only a dead one. */
-/* Deletes one record inside the open transaction (see forget()). A record
- * kept is not an error of the transaction: NOT_FOUND and STORE_BUSY leave
- * it usable. */
+/* Deletes one record inside the open transaction (see
+ * warren__store_forget()). */
 static int forget_in_txn(warren__store *s, const char *queue, const char *id,
-                         int64_t now_ms, int only_dead) {
+                         int64_t now_ms) {
     int rc;
     sqlite3_stmt *st = s->st[ST_FORGET_SELECT];
     bind_key(st, queue, id);
@@ -1154,11 +1152,7 @@ static int forget_in_txn(warren__store *s, const char *queue, const char *id,
         copy_text(state, sizeof state, sqlite3_column_text(st, 0));
         int64_t lease_until = sqlite3_column_int64(st, 1);
         sqlite3_reset(st);
-        if (only_dead && strcmp(state, "dead") != 0) {
-            rc = set_err(s, WARREN_ERR_NOT_FOUND,
-                         "forget: %s/%s is %s, not dead: kept", queue, id,
-                         state);
-        } else if (strcmp(state, "processing") == 0 && lease_until > now_ms) {
+        if (strcmp(state, "processing") == 0 && lease_until > now_ms) {
             rc = set_err(s, WARREN_ERR_STORE_BUSY,
                          "forget: %s/%s is being processed (lease for another "
                          "%lld ms); try again later",
@@ -1178,8 +1172,8 @@ static int forget_in_txn(warren__store *s, const char *queue, const char *id,
     return rc;
 }
 
-static int forget(warren__store *s, const char *queue, const char *id,
-                  int64_t now_ms, int only_dead) {
+int warren__store_forget(warren__store *s, const char *queue, const char *id,
+                         int64_t now_ms) {
     if (s == NULL || queue == NULL || id == NULL) {
         return WARREN_ERR_INVAL;
     }
@@ -1191,38 +1185,7 @@ static int forget(warren__store *s, const char *queue, const char *id,
     if (rc != 0) {
         return rc;
     }
-    rc = forget_in_txn(s, queue, id, now_ms, only_dead);
-    if (rc == 0) {
-        rc = run(s, ST_COMMIT, "commit forget");
-    }
-    if (rc != 0) {
-        warren__store_rollback(s);
-    }
-    return rc;
-}
-
-int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
-                                   const char *const *ids, size_t n,
-                                   int64_t now_ms, int *results) {
-    if (s == NULL ||
-        (n > 0 && (queues == NULL || ids == NULL || results == NULL))) {
-        return WARREN_ERR_INVAL;
-    }
-    if (warren__store_in_txn(s)) {
-        return set_err(s, WARREN_ERR_INVAL,
-                       "forget: called inside an open transaction");
-    }
-    if (n == 0) {
-        return 0;
-    }
-    int rc = run(s, ST_BEGIN, "begin forget");
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        results[i] = forget_in_txn(s, queues[i], ids[i], now_ms, 1);
-        if (results[i] != 0 && results[i] != WARREN_ERR_NOT_FOUND &&
-            results[i] != WARREN_ERR_STORE_BUSY) {
-            rc = results[i];
-        }
-    }
+    rc = forget_in_txn(s, queue, id, now_ms);
     if (rc == 0) {
         rc = run(s, ST_COMMIT, "commit forget");
     }
@@ -1256,16 +1219,6 @@ int warren__store_busy_many(warren__store *s, const char *const *queues,
         }
     }
     return 0;
-}
-
-int warren__store_forget(warren__store *s, const char *queue, const char *id,
-                         int64_t now_ms) {
-    return forget(s, queue, id, now_ms, 0);
-}
-
-int warren__store_forget_dead(warren__store *s, const char *queue,
-                              const char *id, int64_t now_ms) {
-    return forget(s, queue, id, now_ms, 1);
 }
 
 int warren__store_stats(warren__store *s,

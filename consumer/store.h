@@ -187,24 +187,9 @@ int warren__store_prune(warren__store *s, int64_t now_ms, uint32_t retention_s,
 
 /* Deletes the record of (queue, id) whatever its state except processing
  * under a live lease (WARREN_ERR_STORE_BUSY). Missing: WARREN_ERR_NOT_FOUND.
- * Used by `warren store forget` and by dlq replay. */
+ * Used by `warren store forget`. */
 int warren__store_forget(warren__store *s, const char *queue, const char *id,
                          int64_t now_ms);
-/* The same, but only for a `dead` record; anything else is kept and
- * WARREN_ERR_NOT_FOUND returned. Used by dlq replay, so that a replayed copy
- * of an id that is done already stays a duplicate. */
-int warren__store_forget_dead(warren__store *s, const char *queue,
-                              const char *id, int64_t now_ms);
-
-/* forget_dead for `n` keys (queues[i], ids[i]) in one write transaction,
- * so one sync for all. Sets results[i] to 0 (forgotten) or
- * WARREN_ERR_NOT_FOUND (no record, or one in any state but `dead`, a live
- * claim included: kept). Returns 0, or an error with nothing forgotten.
- * Used by dlq replay, once per window. */
-int warren__store_forget_dead_many(warren__store *s, const char *const *queues,
-                                   const char *const *ids, size_t n,
-                                   int64_t now_ms, int *results);
-
 /* Looks up `n` keys without changing anything (no write lock): sets
  * results[i] to WARREN_ERR_STORE_BUSY if (queues[i], ids[i]) is processing
  * under a live lease, else 0 (any other state, or no record). Returns 0 or

@@ -1333,52 +1333,6 @@ test_last_error_is_truncated_to_field_at_utf8_boundary(void **state) {
     assert_int_equal(n % 2, 1); /* 'a' plus whole 2-byte characters */
 }
 
-static void test_forget_dead_releases_dead_and_keeps_done(void **state) {
-    fixture *f = *state;
-    warren__claim c;
-    f->a = open_as(f, "host-a", 1000);
-    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0, &c), 0);
-    assert_int_equal(record1(f->a, "dead1", WARREN__OUT_DEAD, "x", T0 + 1), 0);
-    assert_int_equal(claim1(f->a, Q, "done1", 5, T0, &c), 0);
-    assert_int_equal(record1(f->a, "done1", WARREN__OUT_DONE, NULL, T0 + 1), 0);
-    /* dlq replay: a dead id is released and may run again... */
-    assert_int_equal(warren__store_forget_dead(f->a, Q, "dead1", T0 + 2), 0);
-    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0 + 3, &c), 0);
-    assert_int_equal(c.status, WARREN__CLAIM_RUN);
-    /* ...but a done id stays done, so a second replay is a duplicate. */
-    assert_int_equal(warren__store_forget_dead(f->a, Q, "done1", T0 + 2),
-                     WARREN_ERR_NOT_FOUND);
-    assert_state(f, "done1", "done");
-    assert_int_equal(warren__store_forget_dead(f->a, Q, "none", T0 + 2),
-                     WARREN_ERR_NOT_FOUND);
-}
-
-static void test_forget_dead_many_releases_only_dead_in_one_txn(void **state) {
-    fixture *f = *state;
-    warren__claim c;
-    f->a = open_as(f, "host-a", 1000);
-    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0, &c), 0);
-    assert_int_equal(record1(f->a, "dead1", WARREN__OUT_DEAD, "x", T0 + 1), 0);
-    assert_int_equal(claim1(f->a, Q, "done1", 5, T0, &c), 0);
-    assert_int_equal(record1(f->a, "done1", WARREN__OUT_DONE, NULL, T0 + 1), 0);
-    assert_int_equal(claim1(f->a, Q, "busy1", 5, T0, &c), 0); /* live lease */
-    const char *queues[] = {Q, Q, Q, Q};
-    const char *ids[] = {"dead1", "done1", "busy1", "none"};
-    int results[4] = {-99, -99, -99, -99};
-    assert_int_equal(
-        warren__store_forget_dead_many(f->a, queues, ids, 4, T0 + 2, results),
-        0);
-    assert_int_equal(results[0], 0);
-    assert_int_equal(results[1], WARREN_ERR_NOT_FOUND);
-    assert_int_equal(results[2], WARREN_ERR_NOT_FOUND); /* not dead */
-    assert_int_equal(results[3], WARREN_ERR_NOT_FOUND);
-    /* Only the dead one may run again; the others are untouched. */
-    assert_int_equal(claim1(f->a, Q, "dead1", 5, T0 + 3, &c), 0);
-    assert_int_equal(c.status, WARREN__CLAIM_RUN);
-    assert_state(f, "done1", "done");
-    assert_state(f, "busy1", "processing");
-}
-
 static void test_forget_lets_an_id_run_again(void **state) {
     fixture *f = *state;
     warren__claim c;
@@ -1514,8 +1468,6 @@ int main(void) {
         T(test_overlong_id_is_refused),
         T(test_last_error_is_truncated_to_field_at_utf8_boundary),
         T(test_forget_lets_an_id_run_again),
-        T(test_forget_dead_releases_dead_and_keeps_done),
-        T(test_forget_dead_many_releases_only_dead_in_one_txn),
         T(test_busy_many_reports_only_live_claims),
         T(test_stats_counts_rows_per_queue_and_state),
         T(test_close_null_is_noop_and_path_is_kept),
