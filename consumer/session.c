@@ -1243,18 +1243,19 @@ int warren__session_nack(warren__session *s, uint64_t tag, int multiple,
         "rejecting");
 }
 
-int warren__session_publish(warren__session *s, const char *exchange,
-                            const char *routing_key,
-                            const amqp_basic_properties_t *props,
-                            const void *body, size_t len, uint64_t *seq) {
-    amqp_basic_properties_t p;
+/* What every publish starts with: persistent properties in `*p` (a copy
+ * of `props`, or none) and room to track one more confirm. Returns 0 or
+ * WARREN_ERR_NOMEM. */
+static int begin_publish(warren__session *s,
+                         const amqp_basic_properties_t *props,
+                         amqp_basic_properties_t *p) {
     if (props) {
-        p = *props;
+        *p = *props;
     } else {
-        memset(&p, 0, sizeof p);
+        memset(p, 0, sizeof *p);
     }
-    p._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
-    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    p->_flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
     if (s->n_unconfirmed == s->cap_unconfirmed) {
         size_t cap = s->cap_unconfirmed ? s->cap_unconfirmed * 2 : 64;
         uint64_t *n = realloc(s->unconfirmed, cap * sizeof *n);
@@ -1264,17 +1265,33 @@ int warren__session_publish(warren__session *s, const char *exchange,
         s->unconfirmed = n;
         s->cap_unconfirmed = cap;
     }
+    return 0;
+}
+
+/* A publish went out: its sequence number awaits a confirm. */
+static int end_publish(warren__session *s, uint64_t *seq) {
+    s->unconfirmed[s->n_unconfirmed++] = ++s->publish_seq;
+    if (seq) {
+        *seq = s->publish_seq;
+    }
+    return 0;
+}
+
+int warren__session_publish(warren__session *s, const char *exchange,
+                            const char *routing_key,
+                            const amqp_basic_properties_t *props,
+                            const void *body, size_t len, uint64_t *seq) {
+    amqp_basic_properties_t p;
+    if (begin_publish(s, props, &p) != 0) {
+        return WARREN_ERR_NOMEM;
+    }
     amqp_bytes_t b = {len, (void *)body};
     int rc = amqp_basic_publish(s->conn, CHANNEL, amqp_cstring_bytes(exchange),
                                 amqp_cstring_bytes(routing_key), 1, 0, &p, b);
     if (rc != AMQP_STATUS_OK) {
         return status_error(s, rc, "publishing");
     }
-    s->unconfirmed[s->n_unconfirmed++] = ++s->publish_seq;
-    if (seq) {
-        *seq = s->publish_seq;
-    }
-    return 0;
+    return end_publish(s, seq);
 }
 
 int warren__session_publish_delivery(warren__session *s, const char *exchange,
@@ -1293,21 +1310,8 @@ int warren__session_publish_delivery(warren__session *s, const char *exchange,
     /* What amqp_basic_publish() sends, with the body frames read from the
      * spool file one at a time. */
     amqp_basic_properties_t p;
-    if (props) {
-        p = *props;
-    } else {
-        memset(&p, 0, sizeof p);
-    }
-    p._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
-    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    if (s->n_unconfirmed == s->cap_unconfirmed) {
-        size_t cap = s->cap_unconfirmed ? s->cap_unconfirmed * 2 : 64;
-        uint64_t *n = realloc(s->unconfirmed, cap * sizeof *n);
-        if (n == NULL) {
-            return WARREN_ERR_NOMEM;
-        }
-        s->unconfirmed = n;
-        s->cap_unconfirmed = cap;
+    if (begin_publish(s, props, &p) != 0) {
+        return WARREN_ERR_NOMEM;
     }
     size_t chunk = warren__session_frame_max(s) - 8; /* frame header, end */
     uint8_t *buf = malloc(chunk);
@@ -1361,11 +1365,7 @@ int warren__session_publish_delivery(warren__session *s, const char *exchange,
     if (rc != AMQP_STATUS_OK) {
         return status_error(s, rc, "publishing");
     }
-    s->unconfirmed[s->n_unconfirmed++] = ++s->publish_seq;
-    if (seq) {
-        *seq = s->publish_seq;
-    }
-    return 0;
+    return end_publish(s, seq);
 }
 
 int warren__session_wait_confirms(warren__session *s, int timeout_ms) {
