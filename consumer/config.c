@@ -954,8 +954,9 @@ static void consumer_defaults(warren__consumer_cfg *c) {
 }
 
 /* A quorum queue's x-delivery-limit. Before RabbitMQ 4.3 every return
- * counts against it: warren's own requeues (a breaker pause closing the
- * connection, a busy store, a stop or reload) as well as crashes. So the
+ * counts against it: warren's own requeues (a busy store, a stop or
+ * reload; a breaker pause holds its messages and returns none) as well as
+ * crashes. So the
  * default leaves room for WARREN__REQUEUE_ALLOWANCE of those on top of
  * warren's own poison cap, and an explicit value must stay above that cap,
  * or the broker would drop a crashing message before warren can count it

@@ -1023,6 +1023,10 @@ static void swap_delivery(warren__delivery *a, warren__delivery *b) {
     fill_view(b, b->msg.delivery_tag, b->msg.redelivered);
 }
 
+void warren__delivery_swap(warren__delivery *a, warren__delivery *b) {
+    swap_delivery(a, b);
+}
+
 int warren__session_next(warren__session *s, warren__delivery *d,
                          uint64_t max_body, int timeout_ms) {
     if (s->pending_head) {

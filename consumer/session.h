@@ -86,6 +86,9 @@ void warren__delivery_init(warren__delivery *d);
 void warren__delivery_free(warren__delivery *d); /* buffers; NULL no-op */
 /* Closes (and so deletes) a spooled body's file, if any. */
 void warren__delivery_drop_spool(warren__delivery *d);
+/* Exchanges two deliveries (a worker moving the ones it holds), keeping
+ * each one's view pointing into itself. */
+void warren__delivery_swap(warren__delivery *a, warren__delivery *b);
 
 /* Waits up to `timeout_ms` (0: only what is already buffered or readable
  * now) for the next delivery. Returns 1 with `d` filled, 0 on timeout, or a

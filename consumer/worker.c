@@ -20,8 +20,10 @@
  * A failure at any step leaves the affected originals unacknowledged, so
  * the broker redelivers them and the store keeps them from running twice.
  * Before each handler call the circuit breaker and the rate limiter have
- * their say: an open breaker hands the rest of the batch back and closes
- * the connection until open_s has passed (see pause_for_breaker()).
+ * their say: an open breaker holds the rest of the batch (claims released,
+ * deliveries kept unacked on the open channel) and reads nothing more until
+ * open_s has passed; the held ones then run first, as the half-open trials
+ * (see hold_for_breaker()).
  */
 #include "backoff.h"
 #include "breaker.h"
@@ -88,8 +90,6 @@ static uint64_t hard_body_limit(void) {
  * wait answers heartbeats. */
 #define TOKEN_STEP_MS 20
 #define TOKEN_SERVICE_MS 1000
-/* consume_loop()'s answer when the breaker is open: not an error. */
-#define BREAKER_PAUSE 1
 
 typedef enum {
     FATE_NONE = 0, /* not decided yet: run the handler */
@@ -98,7 +98,9 @@ typedef enum {
     FATE_DEAD,     /* copy to the DLQ, record dead, ack */
     FATE_SKIP,     /* duplicate or already dead: ack without running */
     FATE_DEFER,    /* held by another worker: put back, no attempt spent */
-    FATE_REQUEUE   /* could not be resolved now: nack with requeue */
+    FATE_REQUEUE,  /* could not be resolved now: nack with requeue */
+    FATE_HOLD      /* breaker open: claim released, kept unacked to run
+                      first once it half-opens (hold_for_breaker()) */
 } fate;
 
 typedef struct {
@@ -112,6 +114,8 @@ typedef struct {
     int recorded;  /* done committed with the handler's own transaction */
     int released;  /* claim given back before a suspect ran: claim again */
     int crashed;   /* its last run killed the worker (store's report) */
+    /* Came back from the delay cascade (its route is restored). */
+    int from_cascade;
     char reason[WARREN__ERROR_MAX + 1];
     const char *outcome; /* for logs */
     const char *handler; /* "primary", "fallback"; NULL if none ran */
@@ -165,6 +169,14 @@ struct warren_worker {
     int ack_count;
     int ack_every;
     int64_t ack_since_ms;
+
+    /* Breaker holds: `n_held` deliveries of the current half are held
+     * unacked (while any is, acks go one by one: a multiple-ack would
+     * settle them too); once the batch is done they are moved to its first
+     * `carried` slots, which take_batch() runs again as the next batch's
+     * head. */
+    int n_held;
+    int carried;
 };
 
 _Static_assert(sizeof(((warren__wstats *)0)->running_id) >=
@@ -591,11 +603,15 @@ static int classify(warren_worker *w, int n, int *n_claims) {
         struct warren_msg *m = &d->msg;
         item *it = &w->items[i];
         char why[WARREN__ERROR_MAX];
+        /* A held delivery classified again had its route restored already. */
+        int carried = i < w->carried;
+        int from_cascade = carried ? it->from_cascade
+                                   : strncmp(d->exchange, "warren.", 7) == 0;
         memset(it, 0, sizeof *it);
         it->claim = -1;
+        it->from_cascade = from_cascade;
         m->queue = w->c->queue;
         it->attempt = 1;
-        int from_cascade = strncmp(d->exchange, "warren.", 7) == 0;
         if (from_cascade) {
             /* warren's own headers are trusted only on a copy back from
              * its cascade: a producer's would skip attempts or age. */
@@ -609,7 +625,9 @@ static int classify(warren_worker *w, int n, int *n_claims) {
              * a store record (dedup off, no id) only x-death counts. */
             xdeath_attempt(w, m, it);
         }
-        count(w, WARREN_STAT_RECEIVED);
+        if (!carried) {
+            count(w, WARREN_STAT_RECEIVED);
+        }
         if (d->too_large || m->body_size_announced > w->c->max_message_bytes) {
             it->fate = FATE_DEAD;
             snprintf(it->reason, sizeof it->reason,
@@ -934,9 +952,12 @@ static void run_handlers(warren_worker *w, int n) {
         uint64_t generation = warren__breaker_generation(&w->breaker);
         publish_breaker(w);
         if (!allowed && w->fallback == NULL) {
-            /* The breaker opened during this batch: the rest waits in the
-             * queue, its claims released, no attempt spent. */
-            it->fate = FATE_REQUEUE;
+            /* The breaker opened during this batch: the rest is held, its
+             * claims released, no attempt spent; not handed back, since a
+             * quorum queue would count each return against its
+             * x-delivery-limit. */
+            it->fate = FATE_HOLD;
+            w->n_held++;
             continue;
         }
         /* Open with a fallback: it runs instead, with the same result
@@ -1320,6 +1341,9 @@ static int nack_through(warren_worker *w, uint64_t tag) {
     if (rc == 0) {
         rc = warren__session_nack(w->sess, tag, 1, 1);
     }
+    if (rc == 0) {
+        w->n_held = 0; /* handed back too: held ones are never after `tag` */
+    }
     return rc;
 }
 
@@ -1338,6 +1362,12 @@ static int settle(warren_worker *w, int n) {
         uint64_t tag = w->slots[i].msg.delivery_tag;
         if (it->fate == FATE_REQUEUE) {
             rc = warren__session_nack(w->sess, tag, 0, 1);
+        } else if (it->fate == FATE_HOLD) {
+            continue;
+        } else if (w->n_held > 0 && !(nack_mode && (it->fate == FATE_RETRY ||
+                                                    it->fate == FATE_DEFER))) {
+            /* One by one while some are held below it. */
+            rc = warren__session_ack(w->sess, tag, 0);
         } else if (nack_mode &&
                    (it->fate == FATE_RETRY || it->fate == FATE_DEFER)) {
             /* The broker dead-letters it through <queue>.retry and back. */
@@ -1388,6 +1418,9 @@ static void count_and_log(warren_worker *w, int n) {
         case FATE_DEFER:
             count(w, WARREN_STAT_DEFERRED);
             it->outcome = "deferred";
+            break;
+        case FATE_HOLD:
+            it->outcome = "held";
             break;
         default:
             it->outcome = "requeued";
@@ -1441,9 +1474,9 @@ static int fill_batch(warren_worker *w, int from, int max) {
 
 /* 1 if batch N's outcomes may wait for batch N+1's claims to share their
  * commit: not when stopping (N+1 would only be handed back) nor when the
- * breaker is open (the loop must pause first). */
+ * breaker is open or held some of N (the loop must hold first). */
 static int may_pipeline(warren_worker *w) {
-    return !w->stop &&
+    return !w->stop && w->n_held == 0 &&
            (w->fallback != NULL ||
             warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) == 0);
 }
@@ -1728,6 +1761,9 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
     }
     atomic_store_explicit(&w->ws->in_flight, *next_n, memory_order_relaxed);
     for (int i = 0; i < n; i++) {
+        if (w->items[i].fate == FATE_HOLD) {
+            continue; /* kept whole for its run after the hold */
+        }
         if (w->slots[i].body_cap > BODY_KEEP_BYTES) {
             free(w->slots[i].body);
             w->slots[i].body = NULL;
@@ -1741,11 +1777,27 @@ static int process_batch(warren_worker *w, int n, int *next_n) {
     }
     if (rc != 0) {
         *next_n = 0;
+        w->n_held = 0;
         if (w->err[0] == '\0' && rc == WARREN_ERR_CONNECTION && w->sess) {
             set_err(w, "%s", warren__session_errstr(w->sess));
         }
         return rc;
     }
+    /* The held ones (none if an error handed the batch back) move to the
+     * front, in tag order, for take_batch() to run again first. */
+    w->carried = 0;
+    for (int i = 0; w->n_held > 0 && i < n; i++) {
+        if (w->items[i].fate == FATE_HOLD) {
+            int k = w->carried++;
+            if (k != i) {
+                item t = w->items[k];
+                w->items[k] = w->items[i];
+                w->items[i] = t;
+                warren__delivery_swap(&w->slots[k], &w->slots[i]);
+            }
+        }
+    }
+    w->n_held = w->carried;
     if (*next_n > 0) {
         use_half(w, w->half ^ 1);
     }
@@ -1861,7 +1913,9 @@ static void maybe_prune(warren_worker *w) {
 static int take_batch(warren_worker *w, int batch_max) {
     int rc;
     warren__session_spool(w->sess, body_limit(w), batch_bytes(w));
-    if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
+    if (w->carried > 0) {
+        rc = 1; /* the held ones are the head of this batch */
+    } else if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
         /* Acks are owed: wait a moment for more traffic to share them,
          * then send them before any longer wait. */
         rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
@@ -1887,13 +1941,15 @@ static int take_batch(warren_worker *w, int batch_max) {
         maybe_prune(w);
         return 0;
     }
-    int n = fill_batch(w, 1, batch_max);
+    int n = fill_batch(w, w->carried > 0 ? w->carried : 1, batch_max);
     if (n < 0) {
         return n;
     }
     int n_claims;
     atomic_store_explicit(&w->ws->in_flight, n, memory_order_relaxed);
     classify(w, n, &n_claims);
+    w->carried = 0;
+    w->n_held = 0; /* in this batch now, settled with it */
     rc = claim(w, n, n_claims);
     if (rc != 0) {
         warren__log(WARREN_LOG_ERROR,
@@ -1912,10 +1968,49 @@ static int take_batch(warren_worker *w, int batch_max) {
     return n;
 }
 
-/* Consumes until stopped or the session fails; returns BREAKER_PAUSE when
- * the breaker is open. A batch claimed ahead by group commit is always run
- * (or, when stopping, handed back through its handlers' requeue) before
- * the loop ends, so no claim is left behind. */
+/* The breaker is open (and no fallback): holds until open_s has passed,
+ * keeping the connection and channel. Nothing more is read into the batch;
+ * what the broker has sent meanwhile stays in the session's bounded
+ * read-ahead or unacked on the channel, and the held deliveries
+ * (w->carried, their claims released) stay unacked too, so no delivery is
+ * returned: a quorum queue before RabbitMQ 4.3 would count each return
+ * against its x-delivery-limit. Heartbeats are answered while waiting.
+ * Returns 0 once the breaker lets trials through (the held ones run first,
+ * see take_batch()) or when asked to stop, or a connection error. */
+static int hold_for_breaker(warren_worker *w) {
+    int64_t wait = warren__breaker_wait_ms(&w->breaker, warren__mono_ms());
+    int64_t last_service = warren__mono_ms();
+    warren__log(WARREN_LOG_INFO,
+                &(warren__log_fields){"breaker_pause", w->c->queue, NULL, NULL,
+                                      -1, wait},
+                "breaker open: not consuming for %lld ms (%d held, connection "
+                "kept, nothing handed back)",
+                (long long)wait, w->carried);
+    if (flush_acks(w) != 0) {
+        set_err(w, "%s", warren__session_errstr(w->sess));
+        return WARREN_ERR_CONNECTION;
+    }
+    while (!w->stop &&
+           warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
+        int64_t now = warren__mono_ms();
+        if (now - last_service >= TOKEN_SERVICE_MS) {
+            if (warren__session_service(w->sess) < 0 ||
+                warren__session_broken(w->sess)) {
+                set_err(w, "%s", warren__session_errstr(w->sess));
+                return WARREN_ERR_CONNECTION;
+            }
+            last_service = now;
+        }
+        struct timespec ts = {0, TOKEN_STEP_MS * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* Consumes until stopped or the session fails. A batch claimed ahead by
+ * group commit is always run (or, when stopping, handed back through its
+ * handlers' requeue) before the loop ends, so no claim is left behind;
+ * deliveries held for the breaker are handed back on a stop. */
 static int consume_loop(warren_worker *w) {
     int batch_max = w->c->batch_max;
     double burst = warren__ratelimit_burst(&w->rate);
@@ -1934,13 +2029,18 @@ static int consume_loop(warren_worker *w) {
     if (w->ack_every < 1) {
         w->ack_every = 1;
     }
+    w->n_held = 0;
+    w->carried = 0;
     use_half(w, 0);
     while (!w->stop || n > 0) {
         if (n == 0) {
             if (w->fallback == NULL &&
                 warren__breaker_wait_ms(&w->breaker, warren__mono_ms()) > 0) {
-                flush_acks(w);
-                return BREAKER_PAUSE;
+                rc = hold_for_breaker(w);
+                if (rc != 0) {
+                    return rc;
+                }
+                continue;
             }
             n = take_batch(w, batch_max);
             if (n < 0) {
@@ -1958,6 +2058,15 @@ static int consume_loop(warren_worker *w) {
             return rc;
         }
     }
+    if (w->carried > 0) {
+        /* Stopped while holding: the held ones go back untouched. */
+        uint64_t tag = w->slots[w->carried - 1].msg.delivery_tag;
+        w->carried = 0;
+        if (nack_through(w, tag) != 0) {
+            set_err(w, "%s", warren__session_errstr(w->sess));
+            return WARREN_ERR_CONNECTION;
+        }
+    }
     if (flush_acks(w) != 0) {
         set_err(w, "%s", warren__session_errstr(w->sess));
         return WARREN_ERR_CONNECTION;
@@ -1970,27 +2079,6 @@ static void sleep_ms(warren_worker *w, int64_t ms) {
     while (!w->stop && warren__mono_ms() < end) {
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
-    }
-}
-
-/* The breaker is open; the caller has closed the connection, so the broker
- * requeues everything it had prefetched to us (never claimed, so no
- * attempt is spent) and delivers nothing more. Waits out open_s, then the
- * caller reconnects and the breaker, now half-open, lets its trials
- * through. Closing is simpler than basic.cancel: after a cancel the
- * deliveries already sent stay unacked on the channel and must each be
- * nacked, and the idle connection's heartbeats must be serviced. */
-static void pause_for_breaker(warren_worker *w) {
-    int64_t wait = warren__breaker_wait_ms(&w->breaker, warren__mono_ms());
-    warren__log(WARREN_LOG_INFO,
-                &(warren__log_fields){"breaker_pause", w->c->queue, NULL, NULL,
-                                      -1, wait},
-                "breaker open: not consuming for %lld ms (connection closed, "
-                "prefetched messages back in the queue)",
-                (long long)wait);
-    sleep_ms(w, wait);
-    if (!w->stop) {
-        warren__breaker_wait_ms(&w->breaker, warren__mono_ms());
     }
 }
 
@@ -2080,11 +2168,6 @@ int warren_worker_run(warren_worker *w) {
         atomic_store_explicit(&w->ws->connected, 0, memory_order_relaxed);
         atomic_store_explicit(&w->ws->in_flight, 0, memory_order_relaxed);
         publish_breaker(w);
-        if (rc == BREAKER_PAUSE) {
-            pause_for_breaker(w);
-            rc = 0;
-            continue;
-        }
         if (rc < 0 && warren_err_fatal(rc) == WARREN_FATAL_ALWAYS) {
             break;
         }

@@ -321,6 +321,58 @@ test_breaker_pauses_on_quorum_queue_stay_below_delivery_limit(void **st) {
     fx_teardown(&f);
 }
 
+/* Issue 18 item 8, the stronger form: with the broker's limit at its
+ * smallest (delivery_limit 5 for max_deliveries 3), eight breaker openings
+ * while the dependency is down must not dead-letter a healthy message. A
+ * pause that handed the prefetched messages back (connection closed) spent
+ * one broker delivery of each per opening; a pause that holds them spends
+ * none. */
+static void
+test_breaker_pauses_hold_quorum_messages_under_delivery_limit_5(void **st) {
+    (void)st;
+    fx f;
+    const int n = 100;
+    char dlq[192];
+    fx_setup_q(&f, "quorum5",
+               "{\"queue\": \"%s\", \"handler\": \"exec:%s\","
+               " \"queue_type\": \"quorum\", \"prefetch\": 20,"
+               " \"max_deliveries\": 3, \"delivery_limit\": 5,"
+               " \"breaker\": {\"consecutive_failures\": 5, \"open_s\": 1,"
+               " \"half_open_max\": 1},"
+               " \"retry\": {\"max_attempts\": 50, \"jitter\": 0,"
+               " \"backoff\": {\"kind\": \"fixed\", \"delay_ms\": 100}}}",
+               0);
+    snprintf(dlq, sizeof dlq, "%s.dlq", f.queue);
+    itest_write_file(f.flag, "down\n");
+    fx_start(&f);
+    if (!itest_wait_until(consuming, &f, 30)) {
+        dump_log(&f);
+        fail_msg("warren never started consuming");
+    }
+    itest_publish_n(f.conn, "", f.queue, "q5", n, NULL, 0);
+    logged_arg opened = {&f, "open", 8};
+    if (!itest_wait_until(breaker_reached, &opened, 60)) {
+        dump_log(&f);
+        fail_msg("the breaker opened only %ld times",
+                 breaker_logged(&f, "open"));
+    }
+    assert_int_equal(unlink(f.flag), 0);
+    lines_arg all = {f.effects, n};
+    if (!itest_wait_until(has_lines, &all, 60)) {
+        dump_log(&f);
+        fail_msg("queue not drained: %ld of %d handled, %ld in the DLQ",
+                 itest_count_lines(f.effects), n,
+                 itest_queue_depth(f.conn, dlq));
+    }
+    fx_stop(&f);
+    /* Every effect exactly once, none dead-lettered by the broker. */
+    assert_int_equal(itest_count_lines(f.effects), n);
+    assert_int_equal(distinct_lines(f.effects), n);
+    assert_int_equal(itest_queue_depth(f.conn, dlq), 0);
+    assert_int_equal(itest_queue_depth(f.conn, f.queue), 0);
+    fx_teardown(&f);
+}
+
 /* ms since the epoch of a log line's "ts":"YYYY-MM-DDTHH:MM:SS.mmmZ". */
 static int64_t line_ts_ms(const char *line) {
     const char *p = strstr(line, "\"ts\":\"");
@@ -625,6 +677,8 @@ int main(void) {
         cmocka_unit_test(test_breaker_opens_holds_queue_then_closes_and_drains),
         cmocka_unit_test(
             test_breaker_pauses_on_quorum_queue_stay_below_delivery_limit),
+        cmocka_unit_test(
+            test_breaker_pauses_hold_quorum_messages_under_delivery_limit_5),
         cmocka_unit_test(test_rate_limit_200_per_s_takes_10_s_for_2000),
         cmocka_unit_test(test_rate_limit_is_shared_by_two_workers),
         cmocka_unit_test(
