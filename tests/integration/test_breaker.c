@@ -188,6 +188,25 @@ static int depth_flat_while_open(void *arg) {
            breaker_logged(a->f, "half_open") == half;
 }
 
+/* The breaker is open and, a second apart, the worker still consumes:
+ * it holds what it had instead of closing its connection, so nothing
+ * prefetched goes back to the queue (none comes back redelivered). */
+static int consumer_kept_while_open(void *arg) {
+    flat_arg *a = arg;
+    long opened = breaker_logged(a->f, "open");
+    long half = breaker_logged(a->f, "half_open");
+    if (opened != half + 1) {
+        return 0;
+    }
+    long c1 = itest_queue_consumers(a->f->conn, a->f->queue);
+    struct timespec second = {1, 0};
+    nanosleep(&second, NULL);
+    long c2 = itest_queue_consumers(a->f->conn, a->f->queue);
+    a->depth = c2;
+    return c1 == 1 && c2 == 1 && breaker_logged(a->f, "open") == opened &&
+           breaker_logged(a->f, "half_open") == half;
+}
+
 typedef struct {
     const char *path;
     long want;
@@ -221,6 +240,15 @@ static void test_breaker_opens_holds_queue_then_closes_and_drains(void **st) {
     if (!itest_wait_until(depth_flat_while_open, &flat, 20)) {
         dump_log(&f);
         fail_msg("queue depth kept changing while the breaker was open");
+    }
+    /* The ready count is flat either way; what a pause must not do is
+     * hand the prefetched messages back (issue 18 item 8). */
+    flat_arg kept = {&f, 0};
+    if (!itest_wait_until(consumer_kept_while_open, &kept, 20)) {
+        dump_log(&f);
+        fail_msg("the worker let go of its consumer while the breaker was "
+                 "open (%ld consumers): its prefetched messages went back",
+                 kept.depth);
     }
     /* Stay down through one half-open trial that fails and re-opens. */
     logged_arg reopened = {&f, "open", 2};

@@ -335,6 +335,31 @@ long itest_queue_depth(amqp_connection_state_t conn, const char *name) {
     return -1;
 }
 
+long itest_queue_consumers(amqp_connection_state_t conn, const char *name) {
+    conn_state *st = state_of(conn);
+    amqp_queue_declare_ok_t *ok;
+    amqp_rpc_reply_t r;
+    char buf[768];
+    int closed, code;
+
+    mgmt_channel(st);
+    ok = amqp_queue_declare(conn, MGMT_CH, amqp_cstring_bytes(name), 1, 0, 0, 0,
+                            amqp_empty_table);
+    if (ok != NULL) {
+        return (long)ok->consumer_count;
+    }
+    r = amqp_get_rpc_reply(conn);
+    describe_reply(conn, r, MGMT_CH, buf, sizeof buf, &closed, &code);
+    if (closed) {
+        st->mgmt_open = 0;
+    }
+    if (code == AMQP_NOT_FOUND) {
+        return -1;
+    }
+    fail_msg("itest: passive declare of queue '%s': %s", name, buf);
+    return -1;
+}
+
 /* Waits until publishes first+1 .. first+count on channel 1 are confirmed.
  * RabbitMQ may confirm several at once (multiple), in any grouping. */
 static void wait_confirms(conn_state *st, uint64_t first, int count) {

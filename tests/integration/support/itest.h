@@ -51,6 +51,8 @@ void itest_queue_purge(amqp_connection_state_t conn, const char *name);
 /* Ready messages in the queue (passive declare), or -1 if it does not
  * exist. Unacked deliveries are not counted. */
 long itest_queue_depth(amqp_connection_state_t conn, const char *name);
+/* Consumers of the queue (passive declare), or -1 if it does not exist. */
+long itest_queue_consumers(amqp_connection_state_t conn, const char *name);
 
 /*
  * Publishes one persistent message (mandatory) and waits for the broker's
