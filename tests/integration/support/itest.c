@@ -310,7 +310,10 @@ void itest_queue_purge(amqp_connection_state_t conn, const char *name) {
     check_rpc(conn, MGMT_CH, "purging queue", name);
 }
 
-long itest_queue_depth(amqp_connection_state_t conn, const char *name) {
+/* Passive declare of `name`: 1 with its counts in *ready and *consumers,
+ * 0 if it does not exist; fails the test on any other answer. */
+static int passive_declare(amqp_connection_state_t conn, const char *name,
+                           long *ready, long *consumers) {
     conn_state *st = state_of(conn);
     amqp_queue_declare_ok_t *ok;
     amqp_rpc_reply_t r;
@@ -321,7 +324,9 @@ long itest_queue_depth(amqp_connection_state_t conn, const char *name) {
     ok = amqp_queue_declare(conn, MGMT_CH, amqp_cstring_bytes(name), 1, 0, 0, 0,
                             amqp_empty_table);
     if (ok != NULL) {
-        return (long)ok->message_count;
+        *ready = (long)ok->message_count;
+        *consumers = (long)ok->consumer_count;
+        return 1;
     }
     r = amqp_get_rpc_reply(conn);
     describe_reply(conn, r, MGMT_CH, buf, sizeof buf, &closed, &code);
@@ -329,35 +334,20 @@ long itest_queue_depth(amqp_connection_state_t conn, const char *name) {
         st->mgmt_open = 0;
     }
     if (code == AMQP_NOT_FOUND) {
-        return -1;
+        return 0;
     }
     fail_msg("itest: passive declare of queue '%s': %s", name, buf);
-    return -1;
+    return 0;
+}
+
+long itest_queue_depth(amqp_connection_state_t conn, const char *name) {
+    long ready, consumers;
+    return passive_declare(conn, name, &ready, &consumers) ? ready : -1;
 }
 
 long itest_queue_consumers(amqp_connection_state_t conn, const char *name) {
-    conn_state *st = state_of(conn);
-    amqp_queue_declare_ok_t *ok;
-    amqp_rpc_reply_t r;
-    char buf[768];
-    int closed, code;
-
-    mgmt_channel(st);
-    ok = amqp_queue_declare(conn, MGMT_CH, amqp_cstring_bytes(name), 1, 0, 0, 0,
-                            amqp_empty_table);
-    if (ok != NULL) {
-        return (long)ok->consumer_count;
-    }
-    r = amqp_get_rpc_reply(conn);
-    describe_reply(conn, r, MGMT_CH, buf, sizeof buf, &closed, &code);
-    if (closed) {
-        st->mgmt_open = 0;
-    }
-    if (code == AMQP_NOT_FOUND) {
-        return -1;
-    }
-    fail_msg("itest: passive declare of queue '%s': %s", name, buf);
-    return -1;
+    long ready, consumers;
+    return passive_declare(conn, name, &ready, &consumers) ? consumers : -1;
 }
 
 /* Waits until publishes first+1 .. first+count on channel 1 are confirmed.
