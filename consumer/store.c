@@ -680,11 +680,10 @@ static int take(warren__store *s, const warren__claim *c, int attempts,
     return run(s, ST_TAKE, "claim");
 }
 
-/* Gives a dead id back to a replayed copy of a later generation: a fresh
- * attempt chain (attempt 1, no failure history), owned by us. */
-static int revive(warren__store *s, warren__claim *c, int64_t was,
-                  int64_t now_ms) {
-    sqlite3_stmt *st = s->st[ST_REVIVE];
+/* Binds what ST_INSERT and ST_REVIVE share: the key, us as owner with a
+ * fresh lease, the time and the delivery's replay generation. */
+static void bind_new_claim(warren__store *s, sqlite3_stmt *st,
+                           const warren__claim *c, int64_t now_ms) {
     bind_key(st, c->queue, c->id);
     sqlite3_bind_text(st, 3, s->host, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 4, s->pid);
@@ -692,6 +691,14 @@ static int revive(warren__store *s, warren__claim *c, int64_t was,
     sqlite3_bind_int64(st, 6, now_ms + (int64_t)s->lease_s * 1000);
     sqlite3_bind_int64(st, 7, now_ms);
     sqlite3_bind_int64(st, 8, c->replays);
+}
+
+/* Gives a dead id back to a replayed copy of a later generation: a fresh
+ * attempt chain (attempt 1, no failure history), owned by us. */
+static int revive(warren__store *s, warren__claim *c, int64_t was,
+                  int64_t now_ms) {
+    sqlite3_stmt *st = s->st[ST_REVIVE];
+    bind_new_claim(s, st, c, now_ms);
     int rc = run(s, ST_REVIVE, "claim a replayed dead id");
     if (rc != 0) {
         return rc;
@@ -723,13 +730,7 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
 
     /* The unique key decides: whoever inserts first owns the claim. */
     sqlite3_stmt *st = s->st[ST_INSERT];
-    bind_key(st, c->queue, c->id);
-    sqlite3_bind_text(st, 3, s->host, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 4, s->pid);
-    sqlite3_bind_int64(st, 5, s->token);
-    sqlite3_bind_int64(st, 6, now_ms + (int64_t)s->lease_s * 1000);
-    sqlite3_bind_int64(st, 7, now_ms);
-    sqlite3_bind_int64(st, 8, c->replays);
+    bind_new_claim(s, st, c, now_ms);
     int rc = run(s, ST_INSERT, "claim");
     if (rc != 0) {
         return rc;
