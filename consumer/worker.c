@@ -29,7 +29,7 @@
 #include "breaker.h"
 #include "ctx.h"
 #include "failpoint.h"
-#include "handler.h"
+#include "handler_api.h"
 #include "log.h"
 #include "msgid.h"
 #include "ratelimit.h"

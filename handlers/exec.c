@@ -17,9 +17,6 @@
  */
 #include "handler.h"
 
-#include "ctx.h"
-#include "log.h"
-
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -478,18 +475,6 @@ static int pidfd_for(pid_t pid) {
 #endif
 }
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Writes as much of the body as the pipe takes now. Returns 1 when the
  * stdin side is finished (all written, or the child closed it), else 0.
  * SIGPIPE is blocked by the caller, so a closed pipe is EPIPE here. */
@@ -577,7 +562,7 @@ static void supervise(run_state *st, const warren_msg *msg,
         close_fd(&st->in_fd);
     }
     for (;;) {
-        int64_t now = mono_ms();
+        int64_t now = warren__mono_ms();
         if (!st->reaped) {
             try_reap(st);
             if (st->reaped) {
@@ -713,13 +698,13 @@ static warren_result exec_call(const warren_msg *msg, warren_ctx *ctx,
     int had_sigpipe;
 
     if (deadline > 0) {
-        st.allowed_ms = deadline - wall_ms();
+        st.allowed_ms = deadline - warren__now_ms();
         if (st.allowed_ms <= 0) {
             warren_ctx_set_error(ctx, "handler timed out after 0 ms (the "
                                       "deadline passed before it started)");
             return WARREN_RETRY;
         }
-        deadline_mono = mono_ms() + st.allowed_ms;
+        deadline_mono = warren__mono_ms() + st.allowed_ms;
     }
     char **env = build_env(msg, ctx);
     if (env == NULL) {

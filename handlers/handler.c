@@ -10,9 +10,6 @@
  */
 #include "handler.h"
 
-#include "ctx.h"
-#include "log.h"
-
 #include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,45 +1,17 @@
 /*
- * handler.h - turning a consumer's "handler" string into something to call
- * (internal; used by the worker).
+ * handler.h - what the handler kinds share (internal to handlers/).
  *
- *   exec:PATH [ARGS...]      a program per message (exec.c)
- *   plugin:PATH.so:SYMBOL    a C handler loaded with dlopen (plugin.c)
- *   builtin:noop             acks everything (builtin.c)
- *
- * A warren__handler is created once per worker process, used for every
- * message, and freed when the worker stops.
+ * The worker calls handlers through consumer/handler_api.h, which
+ * handler.c implements; this file adds what handler.c and the kinds
+ * (exec.c, plugin.c, builtin.c) say to each other.
  */
 #ifndef WARREN_HANDLER_H
 #define WARREN_HANDLER_H
 
+#include "handler_api.h"
 #include "warren.h"
 
 #include <stddef.h>
-
-typedef struct warren__handler warren__handler;
-
-/* Parses `spec` and loads the handler (dlopen, ABI check, init hook; for
- * exec: checks the program exists and is executable). On failure returns
- * WARREN_ERR_HANDLER (or CONFIG for a malformed spec) and writes a message
- * naming the spec and the fix into `err`. `ctx` is passed to the init hook
- * for its error text. */
-int warren__handler_load(const char *spec, warren_ctx *ctx,
-                         warren__handler **out, char *err, size_t errlen);
-
-/* Wraps an in-process function (warren_worker_set_handler). `arg` copied. */
-int warren__handler_from_fn(warren_handler_fn fn, warren_handler_init_fn init,
-                            warren_handler_fini_fn fini, const char *arg,
-                            warren_ctx *ctx, warren__handler **out, char *err,
-                            size_t errlen);
-
-/* Runs the handler on one message. Exec handlers honour
- * warren_ctx_deadline(ctx): past it the child gets SIGTERM, then SIGKILL
- * after a short grace, and the result is WARREN_RETRY with a reason. */
-warren_result warren__handler_call(warren__handler *h, const warren_msg *msg,
-                                   warren_ctx *ctx);
-
-/* Calls the fini hook, unloads. NULL is a no-op. */
-void warren__handler_free(warren__handler *h);
 
 /* exec: maps a child's wait status to a result (unit-tested):
  * exit 0 -> ACK, 75 -> RETRY, 65 -> DEAD, other exits/signals -> RETRY. */

@@ -11,8 +11,6 @@
  */
 #include "handler.h"
 
-#include "ctx.h"
-
 #include <ctype.h>
 #include <dlfcn.h>
 #include <stdarg.h>

@@ -39,6 +39,21 @@ extern "C" {
  * refuses to load a plugin whose value differs. */
 #define WARREN_ABI_VERSION 1
 
+/* Export macro. libwarren is compiled with -fvisibility=hidden, so a
+ * function is part of the shared library's ABI only when its declaration
+ * here starts with WARREN_API: every function of this header does, and
+ * nothing else is (internal warren__ functions stay hidden; `scripts/
+ * install-check` fails when `nm -D libwarren.so` lists any other name).
+ * Adding a public function: name it warren_*, declare it in this header
+ * with WARREN_API in front, define it in a file that includes this header.
+ * The `warren` command links the library statically and exports the same
+ * names, so plugins it loads resolve them against it. */
+#if defined(__GNUC__)
+#define WARREN_API __attribute__((visibility("default")))
+#else
+#define WARREN_API
+#endif
+
 #if defined(__GNUC__)
 #define WARREN_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 #else
@@ -108,15 +123,15 @@ typedef enum warren_err {
 } warren_err;
 
 /* Returns a static, human-readable description of `err` (never NULL). */
-const char *warren_strerror(int err);
+WARREN_API const char *warren_strerror(int err);
 /* Returns the symbolic name, e.g. "WARREN_ERR_AUTH" (never NULL). */
-const char *warren_errname(int err);
+WARREN_API const char *warren_errname(int err);
 /* Returns 1 if retrying the failed operation later may succeed. */
-int warren_err_is_retriable(int err);
+WARREN_API int warren_err_is_retriable(int err);
 /* Returns the `warren` command's exit code for `err` (1 if unknown). */
-int warren_err_exit_code(int err);
+WARREN_API int warren_err_exit_code(int err);
 /* Returns WARREN_FATAL_NEVER, _AT_START or _ALWAYS (NEVER if unknown). */
-int warren_err_fatal(int err);
+WARREN_API int warren_err_fatal(int err);
 
 /* ---------------------------------------------------------------------------
  * Logging
@@ -135,33 +150,35 @@ typedef enum warren_log_level {
 /* One log event. Every pointer is borrowed for the duration of the callback;
  * fields that do not apply are NULL (strings) or -1 (numbers). */
 typedef struct warren_log_event warren_log_event;
-const char *warren_log_event_name(const warren_log_event *ev); /* "consume" */
-const char *warren_log_event_text(const warren_log_event *ev); /* message */
-const char *warren_log_event_queue(const warren_log_event *ev);
-const char *warren_log_event_message_id(const warren_log_event *ev);
-const char *warren_log_event_outcome(const warren_log_event *ev);
-int64_t warren_log_event_attempt(const warren_log_event *ev);
-int64_t warren_log_event_ms(const warren_log_event *ev);
-warren_log_level warren_log_event_level(const warren_log_event *ev);
+/* The event's name ("consume") and its message text. */
+WARREN_API const char *warren_log_event_name(const warren_log_event *ev);
+WARREN_API const char *warren_log_event_text(const warren_log_event *ev);
+WARREN_API const char *warren_log_event_queue(const warren_log_event *ev);
+WARREN_API const char *warren_log_event_message_id(const warren_log_event *ev);
+WARREN_API const char *warren_log_event_outcome(const warren_log_event *ev);
+WARREN_API int64_t warren_log_event_attempt(const warren_log_event *ev);
+WARREN_API int64_t warren_log_event_ms(const warren_log_event *ev);
+WARREN_API warren_log_level warren_log_event_level(const warren_log_event *ev);
 /* Event "handler_output" (a line an exec handler printed): "stdout" or
  * "stderr", else NULL; and 1 if the line was cut or output was dropped at
  * the caps, else 0. */
-const char *warren_log_event_stream(const warren_log_event *ev);
-int warren_log_event_truncated(const warren_log_event *ev);
+WARREN_API const char *warren_log_event_stream(const warren_log_event *ev);
+WARREN_API int warren_log_event_truncated(const warren_log_event *ev);
 
 typedef void (*warren_log_fn)(const warren_log_event *ev, void *user);
 
 /* Installs the process-wide log callback (NULL: log nothing) and the lowest
  * level passed to it. `user` is borrowed until replaced. Call before
  * starting workers; not thread-safe against concurrent logging. */
-void warren_log_set(warren_log_fn fn, void *user, warren_log_level min_level);
+WARREN_API void warren_log_set(warren_log_fn fn, void *user,
+                               warren_log_level min_level);
 
 /* Parses "debug", "info", "warn" or "error". Returns 0, or WARREN_ERR_INVAL. */
-int warren_log_level_parse(const char *s, warren_log_level *out);
+WARREN_API int warren_log_level_parse(const char *s, warren_log_level *out);
 
 /* Copies `url` into `out` (size `outlen`, always NUL-terminated) with any
  * password replaced by "***". Returns `out`. */
-char *warren_redact_url(const char *url, char *out, size_t outlen);
+WARREN_API char *warren_redact_url(const char *url, char *out, size_t outlen);
 
 /* ---------------------------------------------------------------------------
  * Messages (the handler's read-only view)
@@ -173,20 +190,20 @@ char *warren_redact_url(const char *url, char *out, size_t outlen);
 typedef struct warren_msg warren_msg;
 
 /* The body, `*len` set to its length. Never NULL (an empty body is ""). */
-const void *warren_msg_body(const warren_msg *msg, size_t *len);
+WARREN_API const void *warren_msg_body(const warren_msg *msg, size_t *len);
 /* The id the store deduplicates on (from the consumer's "message_id" policy;
  * may differ from the AMQP message_id property). NULL when running without
  * dedup ("on_missing_id": "process"). */
-const char *warren_msg_id(const warren_msg *msg);
-const char *warren_msg_queue(const warren_msg *msg);
-const char *warren_msg_exchange(const warren_msg *msg);
-const char *warren_msg_routing_key(const warren_msg *msg);
-const char *warren_msg_content_type(const warren_msg *msg);
-const char *warren_msg_correlation_id(const warren_msg *msg);
+WARREN_API const char *warren_msg_id(const warren_msg *msg);
+WARREN_API const char *warren_msg_queue(const warren_msg *msg);
+WARREN_API const char *warren_msg_exchange(const warren_msg *msg);
+WARREN_API const char *warren_msg_routing_key(const warren_msg *msg);
+WARREN_API const char *warren_msg_content_type(const warren_msg *msg);
+WARREN_API const char *warren_msg_correlation_id(const warren_msg *msg);
 /* Attempt number: 1 on the first delivery, 2 on the first retry, ... */
-int warren_msg_attempt(const warren_msg *msg);
+WARREN_API int warren_msg_attempt(const warren_msg *msg);
 /* 1 if the broker flagged this delivery as redelivered. */
-int warren_msg_redelivered(const warren_msg *msg);
+WARREN_API int warren_msg_redelivered(const warren_msg *msg);
 
 /* The type of an AMQP header value. */
 typedef enum warren_hdr_type {
@@ -201,17 +218,19 @@ typedef enum warren_hdr_type {
 } warren_hdr_type;
 
 /* Returns the type of header `name` (exact, case-sensitive match). */
-warren_hdr_type warren_msg_header_type(const warren_msg *msg, const char *name);
+WARREN_API warren_hdr_type warren_msg_header_type(const warren_msg *msg,
+                                                  const char *name);
 /* Sets `*val` (borrowed, not NUL-terminated) and `*len`. Returns 0, or
  * WARREN_ERR_NOT_FOUND if absent, WARREN_ERR_INVAL if not a string/bytes. */
-int warren_msg_header_str(const warren_msg *msg, const char *name,
-                          const char **val, size_t *len);
+WARREN_API int warren_msg_header_str(const warren_msg *msg, const char *name,
+                                     const char **val, size_t *len);
 /* Reads integer and timestamp headers. Same returns as above. */
-int warren_msg_header_int(const warren_msg *msg, const char *name,
-                          int64_t *out);
-int warren_msg_header_double(const warren_msg *msg, const char *name,
-                             double *out);
-int warren_msg_header_bool(const warren_msg *msg, const char *name, int *out);
+WARREN_API int warren_msg_header_int(const warren_msg *msg, const char *name,
+                                     int64_t *out);
+WARREN_API int warren_msg_header_double(const warren_msg *msg, const char *name,
+                                        double *out);
+WARREN_API int warren_msg_header_bool(const warren_msg *msg, const char *name,
+                                      int *out);
 
 /* ---------------------------------------------------------------------------
  * Handlers
@@ -239,13 +258,13 @@ typedef void (*warren_handler_fini_fn)(void *user);
 
 /* Records why the message failed (printf format). Truncated to 1 KiB; the
  * last call wins. Travels with the retry and into the dead-letter headers. */
-void warren_ctx_set_error(warren_ctx *ctx, const char *fmt, ...)
+WARREN_API void warren_ctx_set_error(warren_ctx *ctx, const char *fmt, ...)
     WARREN_PRINTF(2, 3);
 /* Asks that a WARREN_RETRY be retried no sooner than `ms` from now (e.g. a
  * Retry-After header), instead of the consumer's backoff. */
-void warren_ctx_retry_after(warren_ctx *ctx, uint32_t ms);
+WARREN_API void warren_ctx_retry_after(warren_ctx *ctx, uint32_t ms);
 /* Deadline of this attempt in ms since the epoch, or 0 for none. */
-int64_t warren_ctx_deadline(const warren_ctx *ctx);
+WARREN_API int64_t warren_ctx_deadline(const warren_ctx *ctx);
 
 struct sqlite3;
 /* The store's database connection, inside a SAVEPOINT of a write
@@ -260,7 +279,7 @@ struct sqlite3;
  * I/O error) loses the writes, and the message is then retried, never
  * recorded done. NULL if the message runs without dedup or the store is
  * disabled. */
-struct sqlite3 *warren_ctx_db(warren_ctx *ctx);
+WARREN_API struct sqlite3 *warren_ctx_db(warren_ctx *ctx);
 
 /* A plugin (.so loaded by "plugin:PATH.so:SYMBOL") must contain this once,
  * at file scope. warren refuses plugins built against another ABI.
@@ -278,15 +297,17 @@ typedef struct warren_config warren_config;
  * WARREN_ERR_CONFIG (or NOMEM) and writes "FILE: FIELD: what was expected"
  * into `err` (size `errlen`, always NUL-terminated). WARREN_URL in the
  * environment, when set, replaces broker.url. */
-int warren_config_load(const char *path, warren_config **out, char *err,
-                       size_t errlen);
+WARREN_API int warren_config_load(const char *path, warren_config **out,
+                                  char *err, size_t errlen);
 /* Same, from a string; `name` stands for the file name in errors. */
-int warren_config_parse(const char *json, const char *name, warren_config **out,
-                        char *err, size_t errlen);
-void warren_config_free(warren_config *cfg);
+WARREN_API int warren_config_parse(const char *json, const char *name,
+                                   warren_config **out, char *err,
+                                   size_t errlen);
+WARREN_API void warren_config_free(warren_config *cfg);
 /* Number of consumers, and the queue of consumer `i` (borrowed). */
-int warren_config_consumer_count(const warren_config *cfg);
-const char *warren_config_consumer_queue(const warren_config *cfg, int i);
+WARREN_API int warren_config_consumer_count(const warren_config *cfg);
+WARREN_API const char *warren_config_consumer_queue(const warren_config *cfg,
+                                                    int i);
 
 /* ---------------------------------------------------------------------------
  * Worker: one process's connection consuming one queue
@@ -297,26 +318,28 @@ typedef struct warren_worker warren_worker;
  * outlive the worker. The handler comes from the consumer's "handler" field
  * unless warren_worker_set_handler() is called before warren_worker_run().
  * Returns NULL only when out of memory. */
-warren_worker *warren_worker_new(const warren_config *cfg, int index);
+WARREN_API warren_worker *warren_worker_new(const warren_config *cfg,
+                                            int index);
 
 /* Uses an in-process C handler instead of the configured one. `init` and
  * `fini` may be NULL; `arg` is copied. */
-int warren_worker_set_handler(warren_worker *w, warren_handler_fn fn,
-                              warren_handler_init_fn init,
-                              warren_handler_fini_fn fini, const char *arg);
+WARREN_API int warren_worker_set_handler(warren_worker *w, warren_handler_fn fn,
+                                         warren_handler_init_fn init,
+                                         warren_handler_fini_fn fini,
+                                         const char *arg);
 
 /* Connects, declares the topology, consumes and handles until stopped.
  * Returns 0 after a clean stop (warren_worker_stop), or a negative
  * WARREN_ERR_*; the detail is in warren_worker_errstr(). */
-int warren_worker_run(warren_worker *w);
+WARREN_API int warren_worker_run(warren_worker *w);
 
 /* Asks a running worker to stop: it cancels its consumer, finishes the
  * message in hand, commits, acks and returns from warren_worker_run().
  * Async-signal-safe; may be called from a signal handler or another thread. */
-void warren_worker_stop(warren_worker *w);
+WARREN_API void warren_worker_stop(warren_worker *w);
 
 /* Text of the last error (borrowed until the next call on `w`). */
-const char *warren_worker_errstr(const warren_worker *w);
+WARREN_API const char *warren_worker_errstr(const warren_worker *w);
 
 /* Counts since warren_worker_new. */
 typedef enum warren_stat {
@@ -327,9 +350,10 @@ typedef enum warren_stat {
     WARREN_STAT_DUPLICATE, /* already done: acked without running */
     WARREN_STAT_DEFERRED   /* held by another live worker: put back */
 } warren_stat;
-uint64_t warren_worker_stat(const warren_worker *w, warren_stat which);
+WARREN_API uint64_t warren_worker_stat(const warren_worker *w,
+                                       warren_stat which);
 
-void warren_worker_free(warren_worker *w);
+WARREN_API void warren_worker_free(warren_worker *w);
 
 #ifdef __cplusplus
 }
