@@ -435,7 +435,7 @@ static void charge_crash(pool *p, int slot, int sig) {
         atomic_load_explicit(&ws->running, memory_order_acquire) != 1) {
         return;
     }
-    char id[sizeof ws->running_id], reason[256], host[128], err[1024];
+    char id[sizeof ws->running_id], reason[256], err[1024];
     memcpy(id, ws->running_id, sizeof id);
     id[sizeof id - 1] = '\0';
     if (c->overdue) {
@@ -449,22 +449,10 @@ static void charge_crash(pool *p, int slot, int sig) {
                  "(%s)",
                  sig, strsignal(sig));
     }
-    /* The same host name the worker's claims carry (worker.c). */
-    if (gethostname(host, sizeof host) != 0) {
-        snprintf(host, sizeof host, "localhost");
-    }
-    host[sizeof host - 1] = '\0';
-    warren__store_opts o = {
-        .synchronous = c->cfg->store.synchronous,
-        .busy_timeout_ms = c->cfg->store.busy_timeout_ms,
-        .lease_s = c->cfg->store.lease_s,
-        .owner_host = host,
-        .owner_pid = (int)getpid(),
-        .flags = WARREN__STORE_F_MUST_EXIST,
-    };
     warren__store *s = NULL;
     int marked = 0;
-    int rc = warren__store_open(c->cfg->store.path, &o, &s, err, sizeof err);
+    int rc = warren__store_open_config(c->cfg, NULL, WARREN__STORE_F_MUST_EXIST,
+                                       &s, err, sizeof err);
     if (rc == 0) {
         rc = warren__store_mark_crashed(s, cc->queue, id, (int)c->pid, reason,
                                         &marked);

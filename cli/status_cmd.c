@@ -102,17 +102,9 @@ int cmd_status(int argc, char **argv) {
     for (int i = 0; i < cfg->n_consumers; i++) {
         any_dedup |= cfg->consumers[i].dedup;
     }
-    char host[128] = "localhost";
-    gethostname(host, sizeof host);
-    host[sizeof host - 1] = '\0';
-    warren__store_opts so = {.synchronous = cfg->store.synchronous,
-                             .busy_timeout_ms = cfg->store.busy_timeout_ms,
-                             .lease_s = cfg->store.lease_s,
-                             .owner_host = host,
-                             .owner_pid = (int)getpid(),
-                             .flags = WARREN__STORE_F_MUST_EXIST};
     if (any_dedup) {
-        rc = warren__store_open(cfg->store.path, &so, &st, err, sizeof err);
+        rc = warren__store_open_config(cfg, NULL, WARREN__STORE_F_MUST_EXIST,
+                                       &st, err, sizeof err);
         if (rc == WARREN_ERR_NOT_FOUND) {
             cli_error("%s", err);
             warren_config_free(cfg);

@@ -35,16 +35,9 @@ static void print_row(const char *queue, const char *state, int64_t rows,
 }
 
 static int open_for_cli(const warren_config *cfg, warren__store **st) {
-    char err[1024], host[128] = "localhost";
-    gethostname(host, sizeof host);
-    host[sizeof host - 1] = '\0';
-    warren__store_opts o = {.synchronous = cfg->store.synchronous,
-                            .busy_timeout_ms = cfg->store.busy_timeout_ms,
-                            .lease_s = cfg->store.lease_s,
-                            .owner_host = host,
-                            .owner_pid = (int)getpid(),
-                            .flags = WARREN__STORE_F_MUST_EXIST};
-    int rc = warren__store_open(cfg->store.path, &o, st, err, sizeof err);
+    char err[1024];
+    int rc = warren__store_open_config(cfg, NULL, WARREN__STORE_F_MUST_EXIST,
+                                       st, err, sizeof err);
     if (rc != 0) {
         cli_error("%s", err);
     }

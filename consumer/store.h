@@ -1,8 +1,11 @@
 /*
- * store.h - the SQLite message store (internal): dedup, per-message state
+ * store.h - the message store (internal): dedup, per-message state
  * machine, authoritative attempt counts, leases and poison detection.
  *
- * One warren__store is one sqlite3 connection, opened by the process that
+ * The one store API the runtime and the CLI call, whatever keeps the
+ * records: the rules live in store.c, a backend behind an ops table
+ * (store_backend.h) keeps them. The SQLite backend (store_sqlite.c): one
+ * warren__store is one sqlite3 connection, opened by the process that
  * uses it (never carried across fork). Several processes may share one file:
  * WAL mode, a busy timeout, and BEGIN IMMEDIATE for every write transaction.
  * The key of a record is (queue, id). States and legal transitions:
@@ -33,6 +36,7 @@
 #include <stdint.h>
 
 struct sqlite3;
+struct pg_conn;
 typedef struct warren__store warren__store;
 
 /* Longest id kept; longer ids are refused by the id policy (msgid.c). */
@@ -65,6 +69,13 @@ typedef struct {
  * file and the fix into `err`. */
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen);
+/* Opens the store the configuration names (store.path), as the worker
+ * with owner host `host` (NULL: this host's name) and this process's pid,
+ * with `flags` (WARREN__STORE_F_*): the one way the worker and the CLI's
+ * commands open it. Errors as warren__store_open(). */
+int warren__store_open_config(const warren_config *cfg, const char *host,
+                              unsigned flags, warren__store **out, char *err,
+                              size_t errlen);
 void warren__store_close(warren__store *s); /* NULL is a no-op */
 const char *warren__store_errstr(const warren__store *s);
 const char *warren__store_path(const warren__store *s);
@@ -205,7 +216,13 @@ int warren__store_stats(warren__store *s,
                                    int64_t rows, void *user),
                         void *user);
 
-/* The connection, for the transactional inbox (warren_ctx_db). */
+/* The connection, for the transactional inbox (warren_ctx_db); NULL if
+ * the store is not SQLite. */
 struct sqlite3 *warren__store_db(warren__store *s);
+/* The PostgreSQL connection (warren_ctx_pg); NULL if the store is not
+ * PostgreSQL. */
+struct pg_conn *warren__store_pg(warren__store *s);
+/* The backend's name: "sqlite" or "postgresql". */
+const char *warren__store_backend(const warren__store *s);
 
 #endif /* WARREN_STORE_H */

@@ -1812,15 +1812,8 @@ static int open_store(warren_worker *w) {
     if (!w->c->dedup) {
         return 0;
     }
-    warren__store_opts o = {
-        .synchronous = w->cfg->store.synchronous,
-        .busy_timeout_ms = w->cfg->store.busy_timeout_ms,
-        .lease_s = w->cfg->store.lease_s,
-        .owner_host = w->host,
-        .owner_pid = (int)getpid(),
-    };
-    int rc =
-        warren__store_open(w->cfg->store.path, &o, &w->store, err, sizeof err);
+    int rc = warren__store_open_config(w->cfg, w->host, 0, &w->store, err,
+                                       sizeof err);
     if (rc != 0) {
         set_err(w, "%s", err);
     }
