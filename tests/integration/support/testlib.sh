@@ -1,6 +1,7 @@
 # testlib.sh: what the shell integration tests share, sourced by each
 # shell test. Needs WARREN_BUILD_DIR and WARREN_SOURCE_DIR (ctest sets
-# them); sets `warren`, `broker`, `scale` and a default WARREN_BROKER_DIR;
+# them); sets `warren`, `broker`, `postgres`, `scale` and a default
+# WARREN_BROKER_DIR and WARREN_PG_DIR;
 # gives ok/fail/check, which print one line per assertion and count into
 # `passed`/`failed` (each test ends by printing "N passed, N failed"), and
 # wait_until.
@@ -8,10 +9,13 @@
 
 warren=$WARREN_BUILD_DIR/bin/warren
 broker=$WARREN_SOURCE_DIR/scripts/broker
+postgres=$WARREN_SOURCE_DIR/scripts/postgres
 # Instrumented builds run slower: every deadline is multiplied by this.
 scale=${WARREN_TEST_TIMEOUT_SCALE:-1}
 # The broker's state directory, as scripts/broker finds it.
 export WARREN_BROKER_DIR=${WARREN_BROKER_DIR:-$WARREN_SOURCE_DIR/build/broker}
+# The PostgreSQL servers' state directory, as scripts/postgres finds it.
+export WARREN_PG_DIR=${WARREN_PG_DIR:-$WARREN_SOURCE_DIR/build/postgres}
 # A URL in the caller's environment would override every test config.
 unset WARREN_URL
 
