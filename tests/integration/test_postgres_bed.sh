@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016,SC2317 # bash -c snippets read their own $1..; cleanup runs from a trap
 # test_postgres_bed.sh: scripts/postgres, the PostgreSQL test bed the
 # PostgreSQL store's suites stand on (issue 15 item 5). It starts two private
 # servers of its own and shows: the printed URL logs in as `warren` (not a
@@ -11,7 +12,6 @@
 # scripts/test started for the suites, when there is one. The last line is
 # "N passed, N failed"; both servers are stopped on exit.
 set -uo pipefail
-# shellcheck disable=SC2016,SC2317 # bash -c snippets read their own $1..; cleanup runs from a trap
 
 for v in WARREN_BUILD_DIR WARREN_SOURCE_DIR; do
     if [[ -z ${!v:-} ]]; then
