@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "hostid.h"
+
 static const char *usage_main =
     "usage: warren <command> [options]\n"
     "\n"
@@ -194,6 +196,13 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             return help(cmd);
         }
+    }
+    /* Every command that opens the store names this host in it: an
+     * override that cannot be used is refused before anything starts. */
+    char host[WARREN__HOST_ID_MAX + 1], host_err[256];
+    if (warren__host_id(host, sizeof host, host_err, sizeof host_err) != 0) {
+        cli_error("%s", host_err);
+        return EXIT_USAGE;
     }
     if (strcmp(cmd, "run") == 0) {
         return cmd_run(argc - 1, argv + 1);

@@ -14,6 +14,7 @@
  */
 #include "store.h"
 
+#include "hostid.h"
 #include "log.h"
 #include "store_backend.h"
 #include "warren.h"
@@ -187,10 +188,10 @@ int warren__store_open_config(const warren_config *cfg, const char *host,
     char name[128] = "localhost";
     if (host == NULL) {
         /* The same host name the worker's claims carry (worker.c). */
-        if (gethostname(name, sizeof name) != 0) {
-            snprintf(name, sizeof name, "localhost");
+        int rc = warren__host_id(name, sizeof name, err, errlen);
+        if (rc != 0) {
+            return rc;
         }
-        name[sizeof name - 1] = '\0';
         host = name;
     }
     warren__store_opts o = {

@@ -70,9 +70,10 @@ typedef struct {
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen);
 /* Opens the store the configuration names (store.path), as the worker
- * with owner host `host` (NULL: this host's name) and this process's pid,
- * with `flags` (WARREN__STORE_F_*): the one way the worker and the CLI's
- * commands open it. Errors as warren__store_open(). */
+ * with owner host `host` (NULL: this host's name, warren__host_id()) and
+ * this process's pid, with `flags` (WARREN__STORE_F_*): the one way the
+ * worker and the CLI's commands open it. Errors as warren__store_open(),
+ * and WARREN_ERR_CONFIG for an unusable WARREN_HOST_ID. */
 int warren__store_open_config(const warren_config *cfg, const char *host,
                               unsigned flags, warren__store **out, char *err,
                               size_t errlen);

@@ -30,6 +30,7 @@
 #include "ctx.h"
 #include "failpoint.h"
 #include "handler_api.h"
+#include "hostid.h"
 #include "log.h"
 #include "msgid.h"
 #include "ratelimit.h"
@@ -2079,10 +2080,10 @@ int warren_worker_run(warren_worker *w) {
     int rc, ever_connected = 0, first_tries = 0;
     int64_t backoff_ms = RECONNECT_MIN_MS;
     w->err[0] = '\0';
-    if (gethostname(w->host, sizeof w->host) != 0) {
-        snprintf(w->host, sizeof w->host, "localhost");
+    rc = warren__host_id(w->host, sizeof w->host, w->err, sizeof w->err);
+    if (rc != 0) {
+        return rc;
     }
-    w->host[sizeof w->host - 1] = '\0';
     snprintf(w->worker_name, sizeof w->worker_name, "%s:%d", w->host,
              (int)getpid());
     atomic_store_explicit(&w->ws->pid, (int64_t)getpid(), memory_order_relaxed);
