@@ -60,4 +60,4 @@ warren_need_packages() {
 # The packages a build and a full test run need.
 WARREN_PACKAGES=(cmake gcc make pkg-config librabbitmq-dev libsqlite3-dev
     libcjson-dev libcmocka-dev libssl-dev libmicrohttpd-dev rabbitmq-server
-    amqp-tools iproute2 valgrind iptables postgresql libpq-dev)
+    amqp-tools iproute2 valgrind iptables)
