@@ -19,7 +19,7 @@ static int valid_host_id(const char *s) {
         return 0;
     }
     return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                     "0123456789._:-") == n;
+                     "0123456789_.:-") == n;
 }
 
 int warren__host_id(char *buf, size_t cap, char *err, size_t errlen) {
@@ -30,7 +30,7 @@ int warren__host_id(char *buf, size_t cap, char *err, size_t errlen) {
             /* Not echoed: it may be long or hold control characters. */
             snprintf(err, errlen,
                      "WARREN_HOST_ID: expected 1-%d characters of "
-                     "[A-Za-z0-9._:-], got %zu bytes that are not",
+                     "[A-Za-z0-9_.:-], got %zu bytes that are not",
                      WARREN__HOST_ID_MAX, strlen(env));
             return WARREN_ERR_CONFIG;
         }

@@ -18,7 +18,7 @@
 /* Writes this process's host name into `buf` (size `cap`, at least
  * WARREN__HOST_ID_MAX + 1): $WARREN_HOST_ID when set, else gethostname(),
  * else "localhost". Returns 0, or WARREN_ERR_CONFIG when WARREN_HOST_ID is
- * set but not 1-64 characters of [A-Za-z0-9._:-]; `err` (size `errlen`)
+ * set but not 1-64 characters of [A-Za-z0-9_.:-]; `err` (size `errlen`)
  * then says so and `buf` holds "localhost". Any thread. */
 int warren__host_id(char *buf, size_t cap, char *err, size_t errlen);
 

@@ -4,7 +4,9 @@
  * counted per id, a drain that awaits the end state instead of sleeping,
  * and the checker that turns all of it into one row per scenario. The
  * producer is a forked child talking rabbitmq-c directly, so it keeps
- * publishing while the test process breaks things.
+ * publishing while the test process breaks things. The store is read
+ * through chaos_store_count() and count_ledger(), the only places that know
+ * whether it is a SQLite file or a PostgreSQL database.
  */
 #include "chaos.h"
 
@@ -21,6 +23,7 @@
 #include <unistd.h>
 
 #include <amqp_tcp_socket.h>
+#include <libpq-fe.h>
 
 /* The exec handler: bodies that are not JSON are a permanent failure, ids
  * ending in 1 mod 5 fail once (a retry), every CHAOS_SLOW_EVERY-th id
@@ -81,10 +84,225 @@ static void consumer_json(char *out, size_t len, const chaos_run *r,
              r->o.consumer_extra[0] ? ", " : "", r->o.consumer_extra);
 }
 
+/* ---- the store: SQLite or PostgreSQL ------------------------------------ */
+
+/* One connection per test process, made on first use and remade after an
+ * error (a scenario may restart the server under it). */
+static PGconn *pgc;
+
+static PGconn *pg_conn(const chaos_run *r) {
+    if (pgc != NULL && PQstatus(pgc) == CONNECTION_OK) {
+        return pgc;
+    }
+    if (pgc != NULL) {
+        PQfinish(pgc);
+    }
+    pgc = PQconnectdb(r->store_url);
+    if (PQstatus(pgc) != CONNECTION_OK) {
+        PQfinish(pgc);
+        pgc = NULL;
+    }
+    return pgc;
+}
+
+/* Runs `sql` (with $1 = param when param != NULL) on PostgreSQL; the result
+ * or NULL. A failed statement drops the connection, so the next call
+ * reconnects. */
+static PGresult *pg_query(const chaos_run *r, const char *sql,
+                          const char *param) {
+    PGconn *c = pg_conn(r);
+    if (c == NULL) {
+        return NULL;
+    }
+    PGresult *res =
+        PQexecParams(c, sql, param ? 1 : 0, NULL, &param, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        PQclear(res);
+        if (PQstatus(c) != CONNECTION_OK) {
+            PQfinish(pgc);
+            pgc = NULL;
+        }
+        return NULL;
+    }
+    return res;
+}
+
+/* The base server URL with its database replaced by `db`. */
+static void pg_url_with_db(char *out, size_t len, const char *base,
+                           const char *db) {
+    const char *hp = strstr(base, "://");
+    hp = hp ? hp + 3 : base;
+    const char *slash = strchr(hp, '/');
+    const char *query = strchr(hp, '?');
+    size_t head = slash ? (size_t)(slash - base)
+                        : (query ? (size_t)(query - base) : strlen(base));
+    snprintf(out, len, "%.*s/%s%s", (int)head, base, db, query ? query : "");
+}
+
+/* Makes the scenario's own database on the server of WARREN_TEST_PG_URL
+ * (dropping one an earlier run left) and points r->store_url at it. */
+static void pg_setup(chaos_run *r) {
+    const char *base = getenv("WARREN_TEST_PG_URL");
+    if (base == NULL || base[0] == '\0') {
+        fail_msg("chaos: store \"postgresql\" needs WARREN_TEST_PG_URL (and "
+                 "PGPASSFILE); scripts/test sets both");
+    }
+    snprintf(r->pg_db, sizeof r->pg_db, "chaos_%s", r->o.name);
+    for (char *c = r->pg_db; *c; c++) {
+        if (*c == '.') {
+            *c = '_'; /* names are [a-z0-9_.]: an identifier now */
+        }
+    }
+    PGconn *admin = PQconnectdb(base);
+    if (PQstatus(admin) != CONNECTION_OK) {
+        char e[512];
+        snprintf(e, sizeof e, "%s", PQerrorMessage(admin));
+        PQfinish(admin);
+        fail_msg("chaos: cannot connect to %s: %s", base, e);
+    }
+    char sql[256];
+    const char *steps[2] = {"DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)",
+                            "CREATE DATABASE \"%s\""};
+    for (int k = 0; k < 2; k++) {
+        snprintf(sql, sizeof sql, steps[k], r->pg_db);
+        PGresult *res = PQexec(admin, sql);
+        int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        if (!ok) {
+            char e[512];
+            snprintf(e, sizeof e, "%s", PQerrorMessage(admin));
+            PQfinish(admin);
+            fail_msg("chaos: %s: %s", sql, e);
+        }
+    }
+    PQfinish(admin);
+    pg_url_with_db(r->store_url, sizeof r->store_url, base, r->pg_db);
+}
+
+static void pg_teardown(chaos_run *r) {
+    const char *base = getenv("WARREN_TEST_PG_URL");
+    if (pgc != NULL) {
+        PQfinish(pgc);
+        pgc = NULL;
+    }
+    if (!r->pg || base == NULL || getenv("CHAOS_KEEP") != NULL) {
+        return;
+    }
+    PGconn *admin = PQconnectdb(base);
+    if (PQstatus(admin) == CONNECTION_OK) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)",
+                 r->pg_db);
+        PQclear(PQexec(admin, sql));
+    }
+    PQfinish(admin);
+}
+
+long long chaos_store_count(chaos_run *r, const char *sql, const char *param) {
+    char q[1024];
+    snprintf(q, sizeof q, sql, r->pg ? "warren_messages" : "messages");
+    long long v = -1;
+    if (r->pg) {
+        PGresult *res = pg_query(r, q, param);
+        if (res && PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+            v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        }
+        PQclear(res);
+        return v;
+    }
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_open_v2(r->db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_busy_timeout(db, 2000) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, q, -1, &st, NULL) == SQLITE_OK &&
+        (param == NULL ||
+         sqlite3_bind_text(st, 1, param, -1, SQLITE_STATIC) == SQLITE_OK) &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* ---- setup (continued) ------------------------------------------------- */
+
+/* The broker nodes: WARREN_TEST_CLUSTER_URLS, else WARREN_TEST_URL. */
+static void read_urls(chaos_run *r) {
+    const char *cl = getenv("WARREN_TEST_CLUSTER_URLS");
+    r->n_urls = 0;
+    if (cl != NULL) {
+        char buf[2048];
+        snprintf(buf, sizeof buf, "%s", cl);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, " \t\n,", &save);
+             t && r->n_urls < CHAOS_MAX_NODES;
+             t = strtok_r(NULL, " \t\n,", &save)) {
+            snprintf(r->urls[r->n_urls++], sizeof r->urls[0], "%s", t);
+        }
+    }
+    if (r->n_urls == 0) {
+        snprintf(r->urls[0], sizeof r->urls[0], "%s", itest_url());
+        r->n_urls = 1;
+    }
+}
+
+/* Host `k`'s config: the broker nodes from its own one round (so hosts
+ * spread over the nodes and fail over to the others), the store, and the
+ * consumers. */
+static void write_host_config(chaos_run *r, int k, const char *consumers) {
+    char urls[1400] = "", store[700], text[6000];
+    if (r->n_urls > 1) {
+        size_t l = 0;
+        l += (size_t)snprintf(urls + l, sizeof urls - l, "\"urls\": [");
+        for (int j = 0; j < r->n_urls && l < sizeof urls; j++) {
+            l += (size_t)snprintf(urls + l, sizeof urls - l, "%s\"%s\"",
+                                  j ? ", " : "", r->urls[(k + j) % r->n_urls]);
+        }
+        if (l < sizeof urls) {
+            snprintf(urls + l, sizeof urls - l, "], ");
+        }
+    }
+    char lease[48] = "";
+    if (r->o.lease_s > 0) {
+        snprintf(lease, sizeof lease, ", \"lease_s\": %d", r->o.lease_s);
+    }
+    if (r->pg) {
+        snprintf(store, sizeof store, "{\"url\": \"%s\"%s}", r->store_url,
+                 lease);
+    } else {
+        snprintf(store, sizeof store, "{\"path\": \"%s\"%s}", r->db, lease);
+    }
+    snprintf(text, sizeof text,
+             "{\"broker\": {%s\"heartbeat_s\": %d, \"connect_timeout_s\": 3},\n"
+             " \"store\": %s,\n"
+             " \"shutdown_grace_s\": 20,\n"
+             " \"consumers\": [\n%s]}\n",
+             urls, r->o.heartbeat_s, store, consumers);
+    itest_write_file(r->cfgs[k], text);
+}
+
 void chaos_setup(chaos_run *r, const chaos_opts *o) {
-    char script[600], text[4096], ce[1024] = "", cl[1024] = "", h[700];
+    char script[600], ce[1024] = "", cl[1024] = "", h[700], cs[2100];
     memset(r, 0, sizeof *r);
     r->o = *o;
+    if (r->o.hosts <= 0) {
+        r->o.hosts = 1;
+    }
+    if (r->o.producers <= 0) {
+        r->o.producers = 1;
+    }
+    assert_true(r->o.hosts <= CHAOS_MAX_HOSTS);
+    assert_true(r->o.producers <= CHAOS_MAX_NODES);
+    if (r->o.store == NULL) {
+        r->o.store = getenv("CHAOS_STORE") ? getenv("CHAOS_STORE") : "sqlite";
+    }
+    r->pg = strcmp(r->o.store, "postgresql") == 0;
+    if (!r->pg && strcmp(r->o.store, "sqlite") != 0) {
+        fail_msg("chaos: store \"%s\": expected sqlite or postgresql",
+                 r->o.store);
+    }
     if (r->o.heartbeat_s == 0) {
         r->o.heartbeat_s = 5;
     }
@@ -104,10 +322,29 @@ void chaos_setup(chaos_run *r, const chaos_opts *o) {
     snprintf(r->exchange, sizeof r->exchange, "chaos.%s.fan", o->name);
     snprintf(r->cfg, sizeof r->cfg, "%s/warren.json", r->dir);
     snprintf(r->log, sizeof r->log, "%s/warren.log", r->dir);
+    for (int k = 0; k < r->o.hosts; k++) {
+        if (k == 0) {
+            snprintf(r->cfgs[0], sizeof r->cfgs[0], "%s", r->cfg);
+            snprintf(r->logs[0], sizeof r->logs[0], "%s", r->log);
+        } else {
+            snprintf(r->cfgs[k], sizeof r->cfgs[k], "%s/warren.%d.json", r->dir,
+                     k);
+            snprintf(r->logs[k], sizeof r->logs[k], "%s/warren.%d.log", r->dir,
+                     k);
+        }
+    }
     snprintf(r->effects, sizeof r->effects, "%s/effects", r->dir);
     snprintf(r->db, sizeof r->db, "%s/warren.db", r->dir);
     snprintf(r->fpdir, sizeof r->fpdir, "%s/fp", r->dir);
     snprintf(r->prod_out, sizeof r->prod_out, "%s/produced", r->dir);
+    for (int k = 0; k < r->o.producers; k++) {
+        snprintf(r->prod_outs[k], sizeof r->prod_outs[k], "%s/produced.%d",
+                 r->dir, k);
+    }
+    read_urls(r);
+    if (r->pg) {
+        pg_setup(r);
+    }
     assert_int_equal(mkdir(r->fpdir, 0700), 0);
     snprintf(script, sizeof script, "%s/h.sh", r->dir);
     itest_write_file(script, handler_script);
@@ -122,13 +359,10 @@ void chaos_setup(chaos_run *r, const chaos_opts *o) {
                  getenv("WARREN_BUILD_DIR"));
         consumer_json(cl, sizeof cl, r, r->qledger, h, o->ledger_workers);
     }
-    snprintf(text, sizeof text,
-             "{\"broker\": {\"heartbeat_s\": %d, \"connect_timeout_s\": 3},\n"
-             " \"store\": {\"path\": \"%s\"},\n"
-             " \"shutdown_grace_s\": 20,\n"
-             " \"consumers\": [\n%s%s%s]}\n",
-             r->o.heartbeat_s, r->db, ce, ce[0] && cl[0] ? ",\n" : "", cl);
-    itest_write_file(r->cfg, text);
+    snprintf(cs, sizeof cs, "%s%s%s", ce, ce[0] && cl[0] ? ",\n" : "", cl);
+    for (int k = 0; k < r->o.hosts; k++) {
+        write_host_config(r, k, cs);
+    }
     setenv("CHAOS_EFFECTS", r->effects, 1);
     setenv("LEDGER_FAIL_EVERY", "7", 1);
     char num[32];
@@ -171,8 +405,29 @@ void chaos_start_pool(chaos_run *r) {
         unsetenv("WARREN_FAILPOINT");
         unsetenv("WARREN_FAILPOINT_DIR");
     }
-    const char *args[] = {"run", "-c", r->cfg, "--log-level", "info", NULL};
-    r->pool = itest_spawn_warren(args, r->log);
+    /* Host k first connects to node k (itest_spawn passes WARREN_TEST_URL
+     * as WARREN_URL, which replaces the first of broker.urls). */
+    char *test_url = strdup(itest_url());
+    assert_non_null(test_url);
+    for (int k = 0; k < r->o.hosts; k++) {
+        char host_id[96];
+        const char *args[] = {"run",
+                              "-c",
+                              r->cfgs[k],
+                              "--log-level",
+                              r->o.log_level ? r->o.log_level : "info",
+                              NULL};
+        if (r->o.hosts > 1) {
+            snprintf(host_id, sizeof host_id, "chaos-%s-host%d", r->o.name, k);
+            setenv("WARREN_HOST_ID", host_id, 1);
+        }
+        setenv("WARREN_TEST_URL", r->urls[k % r->n_urls], 1);
+        r->pools[k] = itest_spawn_warren(args, r->logs[k]);
+    }
+    setenv("WARREN_TEST_URL", test_url, 1);
+    free(test_url);
+    unsetenv("WARREN_HOST_ID");
+    r->pool = r->pools[0];
     unsetenv("WARREN_FAILPOINT");
     unsetenv("WARREN_FAILPOINT_DIR");
 }
@@ -189,12 +444,15 @@ enum {
 };
 static const char st_char[] = "UPCNRI";
 
+/* One producer: it publishes ids[0..m) in order (an id may appear in two
+ * producers' lists: a duplicate), and keeps a status per publish. */
 typedef struct {
     const char *url, *exchange, *rk, *prefix;
-    int n, rate, hb;
-    char *st;
+    int n, m, rate, hb;
+    int *ids; /* the id index of each publish */
+    char *st; /* per publish */
     int64_t *conf_ms;
-    int *tag_idx; /* ids published on this connection, by delivery tag - 1 */
+    int *tag_idx; /* publishes on this connection, by delivery tag - 1 */
     int n_tags, settled_upto;
 } producer;
 
@@ -244,7 +502,7 @@ static void settle_tags(producer *p, uint64_t tag, int multiple, char to) {
     for (int k = from; k < (int)tag && k < p->n_tags; k++) {
         int i = p->tag_idx[k];
         if (p->st[i] == ST_PENDING) {
-            p->st[i] = to;
+            p->st[i] = to; /* i: a publish, not an id */
             p->conf_ms[i] = now;
         }
     }
@@ -293,9 +551,14 @@ static int prod_poll(producer *p, amqp_connection_state_t c, int64_t until_ms) {
             }
             if (m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
                 int i = id_index(p, m.properties.message_id);
-                if (i >= 0 && p->st[i] == ST_PENDING) {
-                    /* The ack that follows finds it settled already. */
-                    p->st[i] = ST_RETURNED;
+                /* The pending publish of that id on this connection. */
+                for (int k = p->settled_upto; i >= 0 && k < p->n_tags; k++) {
+                    int q = p->tag_idx[k];
+                    if (p->ids[q] == i && p->st[q] == ST_PENDING) {
+                        /* The ack that follows finds it settled already. */
+                        p->st[q] = ST_RETURNED;
+                        break;
+                    }
                 }
             }
             amqp_destroy_message(&m);
@@ -332,7 +595,8 @@ static void producer_main(producer *p, const char *out_path) {
     amqp_connection_state_t c = NULL;
     int64_t start = mono_ms(), deadline = start + 240000;
     double gap_ms = 1000.0 / p->rate;
-    for (int i = 0; i < p->n && mono_ms() < deadline; i++) {
+    for (int q = 0; q < p->m && mono_ms() < deadline; q++) {
+        int i = p->ids[q];
         while (c == NULL && mono_ms() < deadline) {
             c = prod_connect(p);
             if (c == NULL) {
@@ -351,7 +615,7 @@ static void producer_main(producer *p, const char *out_path) {
             }
         }
         if (c == NULL) {
-            i--;
+            q--;
             continue;
         }
         char id[128], body[128];
@@ -368,8 +632,8 @@ static void producer_main(producer *p, const char *out_path) {
         props.delivery_mode = 2;
         props.message_id = amqp_cstring_bytes(id);
         props.content_type = amqp_cstring_bytes("application/json");
-        p->st[i] = ST_PENDING;
-        p->tag_idx[p->n_tags++] = i;
+        p->st[q] = ST_PENDING;
+        p->tag_idx[p->n_tags++] = q;
         amqp_bytes_t b = {(size_t)len, body};
         if (amqp_basic_publish(c, 1, amqp_cstring_bytes(p->exchange),
                                amqp_cstring_bytes(p->rk), 1, 0, &props,
@@ -377,7 +641,7 @@ static void producer_main(producer *p, const char *out_path) {
             prod_drop(p, &c);
             continue;
         }
-        int64_t next = start + (int64_t)((i + 1) * gap_ms);
+        int64_t next = start + (int64_t)((q + 1) * gap_ms);
         if (prod_poll(p, c, next) != 0) {
             prod_drop(p, &c);
         }
@@ -396,47 +660,94 @@ static void producer_main(producer *p, const char *out_path) {
     if (fp == NULL) {
         _exit(3);
     }
-    for (int i = 0; i < p->n; i++) {
-        fprintf(fp, "%d %c %lld\n", i, st_char[(int)p->st[i]],
-                (long long)p->conf_ms[i]);
+    for (int q = 0; q < p->m; q++) {
+        fprintf(fp, "%d %c %lld\n", p->ids[q], st_char[(int)p->st[q]],
+                (long long)p->conf_ms[q]);
     }
     _exit(fclose(fp) == 0 ? 0 : 3);
 }
 
+/* The lag (in ids) of id i's second publish: 0, 20 or 40, in turn, so some
+ * duplicates race their original and some come after it was handled. */
+static int dup_lag(const chaos_run *r, int i) {
+    return ((i / r->o.dup_every) % 3) * 20;
+}
+
+/* Producer k's publishes, in order: the ids i with i % producers == k, and
+ * the second publish of every dup_every-th id, by the producer after the
+ * one that published it first, dup_lag() ids later. Returns how many. */
+static int producer_ids(const chaos_run *r, int k, int *ids) {
+    int np = r->o.producers, m = 0;
+    for (int t = 0; t < r->o.n + 41; t++) {
+        if (t < r->o.n && t % np == k) {
+            ids[m++] = t;
+        }
+        for (int lag = 0; r->o.dup_every > 0 && lag <= 40; lag += 20) {
+            int i = t - lag;
+            if (i >= 0 && i < r->o.n && i % r->o.dup_every == 0 &&
+                dup_lag(r, i) == lag && (i % np + 1) % np == k) {
+                ids[m++] = i;
+            }
+        }
+    }
+    return m;
+}
+
 void chaos_start_producer(chaos_run *r) {
     int both = r->o.exec_workers > 0 && r->o.ledger_workers > 0;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        producer p = {0};
-        p.url = itest_url();
-        p.exchange = both ? r->exchange : "";
-        p.rk = both ? "" : (r->o.exec_workers > 0 ? r->qexec : r->qledger);
-        p.prefix = r->o.name;
-        p.n = r->o.n;
-        p.rate = r->o.rate;
-        p.hb = r->o.heartbeat_s;
-        p.st = calloc((size_t)p.n, 1);
-        p.conf_ms = calloc((size_t)p.n, sizeof *p.conf_ms);
-        p.tag_idx = calloc((size_t)p.n, sizeof *p.tag_idx);
-        if (!p.st || !p.conf_ms || !p.tag_idx) {
-            _exit(4);
+    for (int k = 0; k < r->o.producers; k++) {
+        int *ids = calloc((size_t)r->o.n * 2 + 1, sizeof *ids);
+        assert_non_null(ids);
+        int m = producer_ids(r, k, ids);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            producer p = {0};
+            p.url = r->urls[k % r->n_urls];
+            p.exchange = both ? r->exchange : "";
+            p.rk = both ? "" : (r->o.exec_workers > 0 ? r->qexec : r->qledger);
+            p.prefix = r->o.name;
+            p.n = r->o.n;
+            p.m = m;
+            p.ids = ids;
+            /* The rate is the scenario's: shared by its producers. */
+            p.rate =
+                r->o.rate / r->o.producers > 0 ? r->o.rate / r->o.producers : 1;
+            p.hb = r->o.heartbeat_s;
+            p.st = calloc((size_t)m + 1, 1);
+            p.conf_ms = calloc((size_t)m + 1, sizeof *p.conf_ms);
+            p.tag_idx = calloc((size_t)m + 1, sizeof *p.tag_idx);
+            if (!p.st || !p.conf_ms || !p.tag_idx) {
+                _exit(4);
+            }
+            producer_main(&p, k == 0 ? r->prod_out : r->prod_outs[k]);
         }
-        producer_main(&p, r->prod_out);
+        free(ids);
+        r->producers[k] = pid;
     }
-    r->producer = pid;
+    r->producer = r->producers[0];
 }
 
 void chaos_wait_producer(chaos_run *r, double timeout_s) {
-    int status = 0;
-    if (!itest_wait_exit(r->producer, timeout_s, &status)) {
-        kill(r->producer, SIGKILL);
-        waitpid(r->producer, NULL, 0);
-        fail_msg("%s: the producer did not finish in %g s", r->o.name,
-                 timeout_s);
+    for (int k = 0; k < r->o.producers; k++) {
+        int status = 0;
+        if (r->producers[k] <= 0) {
+            continue;
+        }
+        if (!itest_wait_exit(r->producers[k], timeout_s, &status)) {
+            for (int j = k; j < r->o.producers; j++) {
+                kill(r->producers[j], SIGKILL);
+                waitpid(r->producers[j], NULL, 0);
+                r->producers[j] = 0;
+            }
+            r->producer = 0;
+            fail_msg("%s: producer %d did not finish in %g s", r->o.name, k,
+                     timeout_s);
+        }
+        r->producers[k] = 0;
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
     r->producer = 0;
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 /* ---- counting ---------------------------------------------------------- */
@@ -478,16 +789,18 @@ static int killed_pids(chaos_run *r, pid_t *out, int max) {
     for (int i = 0; i < r->n_killed && n < max; i++) {
         out[n++] = r->killed[i];
     }
-    FILE *fp = fopen(r->log, "r");
-    char line[2048];
-    while (fp && fgets(line, sizeof line, fp) && n < max) {
-        const char *k = strstr(line, "hit, killing pid ");
-        if (strstr(line, "warren: failpoint ") && k) {
-            out[n++] = (pid_t)strtol(k + 17, NULL, 10);
+    for (int h = 0; h < r->o.hosts; h++) {
+        FILE *fp = fopen(r->logs[h], "r");
+        char line[2048];
+        while (fp && fgets(line, sizeof line, fp) && n < max) {
+            const char *k = strstr(line, "hit, killing pid ");
+            if (strstr(line, "warren: failpoint ") && k) {
+                out[n++] = (pid_t)strtol(k + 17, NULL, 10);
+            }
         }
-    }
-    if (fp) {
-        fclose(fp);
+        if (fp) {
+            fclose(fp);
+        }
     }
     return n;
 }
@@ -526,12 +839,24 @@ static void count_exec(chaos_run *r, tally *t) {
 }
 
 static void count_ledger(chaos_run *r, tally *t) {
+    static const char sql[] = "SELECT id FROM ledger_log WHERE queue = $1";
+    if (r->pg) {
+        /* No table yet (no ledger call committed): no rows. */
+        PGresult *res = pg_query(r, sql, r->qledger);
+        for (int k = 0; res && k < PQntuples(res); k++) {
+            int i = parse_index(r, PQgetvalue(res, k, 0));
+            if (i >= 0) {
+                t->ledger_count[i]++;
+            }
+        }
+        PQclear(res);
+        return;
+    }
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     if (sqlite3_open_v2(r->db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
         sqlite3_busy_timeout(db, 2000) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT id FROM ledger_log WHERE queue = ?1", -1,
-                           &st, NULL) == SQLITE_OK) {
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_text(st, 1, r->qledger, -1, SQLITE_STATIC);
         while (sqlite3_step(st) == SQLITE_ROW) {
             const char *id = (const char *)sqlite3_column_text(st, 0);
@@ -545,34 +870,34 @@ static void count_ledger(chaos_run *r, tally *t) {
     sqlite3_close(db);
 }
 
-static long long store_ll(const chaos_run *r, const char *sql) {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    long long v = -1;
-    if (sqlite3_open_v2(r->db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_busy_timeout(db, 2000) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-        v = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
+/* How sure a status is that the id reached the broker: an id published
+ * twice takes the surer of its two (confirmed once is confirmed). */
+static int st_rank(char c) {
+    const char *order = "URNIC";
+    const char *p = c ? strchr(order, c) : NULL;
+    return p ? (int)(p - order) : -1;
 }
 
 static void read_produced(chaos_run *r, tally *t) {
-    FILE *fp = fopen(r->prod_out, "r");
-    assert_non_null(fp);
-    int i;
-    char c;
-    long long ms;
-    while (fscanf(fp, "%d %c %lld", &i, &c, &ms) == 3) {
-        if (i >= 0 && i < t->n) {
-            t->st[i] = c;
-            t->conf_ms[i] = ms;
+    for (int k = 0; k < r->o.producers; k++) {
+        FILE *fp = fopen(k == 0 ? r->prod_out : r->prod_outs[k], "r");
+        assert_non_null(fp);
+        int i;
+        char c;
+        long long ms;
+        while (fscanf(fp, "%d %c %lld", &i, &c, &ms) == 3) {
+            if (i < 0 || i >= t->n) {
+                continue;
+            }
+            if (st_rank(c) > st_rank(t->st[i])) {
+                t->st[i] = c;
+                t->conf_ms[i] = ms;
+            } else if (c == 'C' && t->st[i] == 'C' && ms < t->conf_ms[i]) {
+                t->conf_ms[i] = ms; /* the earlier confirm */
+            }
         }
+        fclose(fp);
     }
-    fclose(fp);
 }
 
 static void tally_init(chaos_run *r, tally *t) {
@@ -602,11 +927,8 @@ long chaos_effects(chaos_run *r) {
         n = 0;
     }
     if (r->o.ledger_workers > 0) {
-        char sql[256];
-        snprintf(sql, sizeof sql,
-                 "SELECT count(*) FROM ledger_log WHERE queue = '%s'",
-                 r->qledger); /* our own queue name: no quoting needed */
-        long long v = store_ll(r, sql);
+        long long v = chaos_store_count(
+            r, "SELECT count(*) FROM ledger_log WHERE queue = $1", r->qledger);
         n += v > 0 ? (long)v : 0;
     }
     return n;
@@ -631,10 +953,18 @@ void chaos_wait_effects(chaos_run *r, long want, double timeout_s) {
 }
 
 int chaos_workers(chaos_run *r, pid_t *out, int max) {
+    return chaos_host_workers(r, 0, out, max);
+}
+
+int chaos_host_workers(chaos_run *r, int host, pid_t *out, int max) {
     char path[64], buf[1024];
     int n = 0;
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)r->pool,
-             (int)r->pool);
+    pid_t pool = host >= 0 && host < r->o.hosts ? r->pools[host] : 0;
+    if (pool <= 0) {
+        return 0;
+    }
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pool,
+             (int)pool);
     FILE *fp = fopen(path, "r");
     if (fp == NULL) {
         return 0;
@@ -662,6 +992,31 @@ pid_t chaos_kill_worker(chaos_run *r, unsigned pick) {
     }
     r->killed[r->n_killed++] = v;
     return v;
+}
+
+int chaos_kill_host(chaos_run *r, int host) {
+    pid_t w[64];
+    int n = chaos_host_workers(r, host, w, 64), killed = 0;
+    pid_t sup = r->pools[host];
+    if (sup <= 0) {
+        return 0;
+    }
+    /* The supervisor first, so it restarts nobody; then what it had. */
+    if (kill(sup, SIGKILL) == 0) {
+        killed++;
+    }
+    for (int i = 0; i < n; i++) {
+        if (kill(w[i], SIGKILL) == 0 && r->n_killed < CHAOS_MAX_KILLED) {
+            r->killed[r->n_killed++] = w[i];
+            killed++;
+        }
+    }
+    waitpid(sup, NULL, 0);
+    r->pools[host] = 0;
+    if (host == 0) {
+        r->pool = 0;
+    }
+    return killed;
 }
 
 int chaos_ctl(const char *const args[], char *out, size_t outlen) {
@@ -783,8 +1138,10 @@ static int drained(void *arg) {
     /* Claims and retry records of messages dropped with a deleted queue
      * stay behind (their leases and records age out): not awaited then. */
     if ((!r->excuse_from_ms &&
-         store_ll(r, "SELECT count(*) FROM messages WHERE state IN "
-                     "('processing', 'retrying')") != 0) ||
+         chaos_store_count(r,
+                           "SELECT count(*) FROM %s WHERE state IN "
+                           "('processing', 'retrying')",
+                           NULL) != 0) ||
         !itest_delay_cascade_empty(r->conn)) {
         return 0;
     }
@@ -800,11 +1157,31 @@ int chaos_drain(chaos_run *r, double timeout_s) {
 }
 
 void chaos_stop_pool(chaos_run *r) {
-    int status = itest_terminate(r->pool, 40);
+    int status[CHAOS_MAX_HOSTS] = {0};
+    /* All at once: each has the same grace. */
+    for (int k = 0; k < r->o.hosts; k++) {
+        if (r->pools[k] > 0) {
+            kill(r->pools[k], SIGTERM);
+        }
+    }
+    for (int k = 0; k < r->o.hosts; k++) {
+        /* Not itest_terminate(): a second SIGTERM means "now". */
+        if (r->pools[k] > 0 && !itest_wait_exit(r->pools[k], 40, &status[k])) {
+            kill(r->pools[k], SIGKILL);
+            waitpid(r->pools[k], &status[k], 0);
+        }
+    }
+    pid_t was[CHAOS_MAX_HOSTS];
+    memcpy(was, r->pools, sizeof was);
+    memset(r->pools, 0, sizeof r->pools);
     r->pool = 0;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fail_msg("%s: the pool did not stop cleanly (status %#x); see %s",
-                 r->o.name, status, r->log);
+    for (int k = 0; k < r->o.hosts; k++) {
+        if (was[k] > 0 &&
+            (!WIFEXITED(status[k]) || WEXITSTATUS(status[k]) != 0)) {
+            fail_msg("%s: host %d's pool did not stop cleanly (status %#x); "
+                     "see %s",
+                     r->o.name, k, status[k], r->logs[k]);
+        }
     }
 }
 
@@ -831,8 +1208,8 @@ static long depth0(chaos_run *r, const char *q) {
     return d < 0 ? 0 : d;
 }
 
-long chaos_log_count(chaos_run *r, const char *needle) {
-    FILE *fp = fopen(r->log, "r");
+long chaos_host_log_count(chaos_run *r, int host, const char *needle) {
+    FILE *fp = fopen(r->logs[host], "r");
     char line[4096];
     long n = 0;
     while (fp && fgets(line, sizeof line, fp)) {
@@ -844,9 +1221,18 @@ long chaos_log_count(chaos_run *r, const char *needle) {
     return n;
 }
 
+long chaos_log_count(chaos_run *r, const char *needle) {
+    long n = 0;
+    for (int k = 0; k < r->o.hosts; k++) {
+        n += chaos_host_log_count(r, k, needle);
+    }
+    return n;
+}
+
 void chaos_check(chaos_run *r) {
     tally t = {0};
     tally_init(r, &t);
+    r->good_dead = 0;
     int ex = r->o.exec_workers > 0, le = r->o.ledger_workers > 0;
     if (ex) {
         take_dlq(r, r->qexec, t.dlq_exec);
@@ -894,6 +1280,9 @@ void chaos_check(chaos_run *r) {
              * commit sends a second one. Handled *and* dead is wrong. */
             if ((is_bad(i) && cnt > 0) || (cnt > 0 && dl > 0)) {
                 wrong++;
+            }
+            if (!is_bad(i) && cnt == 0 && dl > 0) {
+                r->good_dead++;
             }
             if (s == 'C' && cnt == 0 && dl == 0) {
                 if (r->excuse_from_ms && t.conf_ms[i] >= r->excuse_from_ms &&
@@ -943,13 +1332,14 @@ void chaos_check(chaos_run *r) {
     }
     double secs = (double)(mono_ms() - r->t0_ms) / 1000.0;
     char row[1024];
-    snprintf(row, sizeof row,
-             "| %s | %ld | %ld | %ld/%ld/%ld | %s | %s | %s | %s | %ld (+%ld) "
-             "| %ld | %s | %.0f s | %s | %s |",
-             r->o.name, sent, conf, nack, indet, ret, ex_once_s, ex_multi_s,
-             le_once_s, le_multi_s, in_dlq, dlq_extra, lost,
-             empty ? "yes" : "NO", secs, pass ? "pass" : "FAIL",
-             r->note[0] ? r->note : "");
+    snprintf(
+        row, sizeof row,
+        "| %s%s | %ld | %ld | %ld/%ld/%ld | %s | %s | %s | %s | %ld (+%ld) "
+        "| %ld | %s | %.0f s | %s | %s |",
+        r->o.name, r->pg ? "@pg" : "", sent, conf, nack, indet, ret, ex_once_s,
+        ex_multi_s, le_once_s, le_multi_s, in_dlq, dlq_extra, lost,
+        empty ? "yes" : "NO", secs, pass ? "pass" : "FAIL",
+        r->note[0] ? r->note : "");
     printf("%s\n", row);
     fflush(stdout);
     const char *out = getenv("CHAOS_RESULTS");
@@ -976,13 +1366,18 @@ void chaos_check(chaos_run *r) {
 }
 
 void chaos_teardown(chaos_run *r) {
-    if (r->producer > 0) {
-        kill(r->producer, SIGKILL);
-        waitpid(r->producer, NULL, 0);
+    for (int k = 0; k < CHAOS_MAX_NODES; k++) {
+        if (r->producers[k] > 0) {
+            kill(r->producers[k], SIGKILL);
+            waitpid(r->producers[k], NULL, 0);
+        }
     }
-    if (r->pool > 0) {
-        itest_terminate(r->pool, 10);
+    for (int k = 0; k < CHAOS_MAX_HOSTS; k++) {
+        if (r->pools[k] > 0) {
+            itest_terminate(r->pools[k], 10);
+        }
     }
+    pg_teardown(r);
     const char *qs[2] = {r->qexec, r->qledger};
     for (int k = 0; k < 2; k++) {
         char q[160];
