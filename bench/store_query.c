@@ -5,9 +5,11 @@
  * and ack, so it is the honest end point). Read-only; the store is opened
  * with SQLITE_OPEN_READONLY and queried only through prepared statements.
  * Ids of latency messages end in the send time in microseconds (see
- * publish.c).
+ * publish.c). `count-pg` reads a PostgreSQL store instead, with libpq
+ * (password from PGPASSFILE), through one parameterised statement.
  */
 #define _GNU_SOURCE /* timegm */
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -109,6 +111,31 @@ static int cmd_count(const char *path, const char *queue) {
     return 0;
 }
 
+/* The same from a PostgreSQL store (warren_messages). */
+static int cmd_count_pg(const char *url, const char *queue) {
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "bench_store_query: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return 1;
+    }
+    const char *params[1] = {queue};
+    PGresult *r = PQexecParams(
+        c,
+        "SELECT count(*) FILTER (WHERE state = 'done'), count(*),"
+        " COALESCE(max(updated_at), 0) FROM warren_messages WHERE queue = $1",
+        1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        printf("%s %s %s\n", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1),
+               PQgetvalue(r, 0, 2));
+    } else {
+        printf("0 0 0\n"); /* the worker has not created the schema yet */
+    }
+    PQclear(r);
+    PQfinish(c);
+    return 0;
+}
+
 static int cmd_latency_store(const char *path, const char *queue) {
     sqlite3 *db = open_ro(path);
     sqlite3_stmt *st = NULL;
@@ -198,6 +225,9 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "count") == 0) {
         return cmd_count(argv[2], argv[3]);
     }
+    if (argc == 4 && strcmp(argv[1], "count-pg") == 0) {
+        return cmd_count_pg(argv[2], argv[3]);
+    }
     if (argc == 4 && strcmp(argv[1], "latency-store") == 0) {
         return cmd_latency_store(argv[2], argv[3]);
     }
@@ -205,6 +235,7 @@ int main(int argc, char **argv) {
         return cmd_latency_log(argv[2]);
     }
     fprintf(stderr, "usage: bench_store_query count DB QUEUE\n"
+                    "       bench_store_query count-pg URL QUEUE\n"
                     "       bench_store_query latency-store DB QUEUE\n"
                     "       bench_store_query latency-log LOGFILE\n"
                     "count prints: done rows, all rows, max updated_at (ms);\n"
