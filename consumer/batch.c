@@ -50,6 +50,28 @@ static uint64_t hard_body_limit(void) {
  * batch is given up: handing it back would run those handlers again. */
 #define RECORD_WAIT_MS 60000
 
+int warren__batch_alloc(warren__batch *b, int max) {
+    b->slots = calloc((size_t)max, sizeof *b->slots);
+    b->items = calloc((size_t)max, sizeof *b->items);
+    b->claims = calloc((size_t)max, sizeof *b->claims);
+    return b->slots && b->items && b->claims ? 0 : WARREN_ERR_NOMEM;
+}
+
+void warren__batch_release(warren__batch *b, int max) {
+    for (int i = 0; b->slots && i < max; i++) {
+        warren__delivery_free(&b->slots[i]);
+    }
+}
+
+void warren__batch_free(warren__batch *b) {
+    free(b->slots);
+    free(b->items);
+    free(b->claims);
+    b->slots = NULL;
+    b->items = NULL;
+    b->claims = NULL;
+}
+
 static void count(warren_worker *w, warren_stat which) {
     atomic_fetch_add_explicit(&w->ws->counters[which], 1, memory_order_relaxed);
 }
@@ -210,15 +232,16 @@ static void xdeath_attempt(warren_worker *w, const struct warren_msg *m,
 }
 
 /* Step 0: classify each delivery before the store sees it. */
-static int classify(warren_worker *w, int n, int *n_claims) {
+static int classify(warren_worker *w, const warren__batch *b, int n,
+                    int carried_n, int *n_claims) {
     *n_claims = 0;
     for (int i = 0; i < n; i++) {
-        warren__delivery *d = &w->slots[i];
+        warren__delivery *d = &b->slots[i];
         struct warren_msg *m = &d->msg;
-        item *it = &w->items[i];
+        item *it = &b->items[i];
         char why[WARREN__ERROR_MAX];
         /* A held delivery classified again had its route restored already. */
-        int carried = i < w->carried;
+        int carried = i < carried_n;
         int from_cascade = carried ? it->from_cascade
                                    : strncmp(d->exchange, "warren.", 7) == 0;
         memset(it, 0, sizeof *it);
@@ -284,7 +307,7 @@ static int classify(warren_worker *w, int n, int *n_claims) {
             continue;
         }
         /* The store sees a claim for every id it will get an outcome for. */
-        warren__claim *cl = &w->claims[*n_claims];
+        warren__claim *cl = &b->claims[*n_claims];
         memset(cl, 0, sizeof *cl);
         cl->queue = w->c->queue;
         cl->id = it->id;
@@ -303,13 +326,13 @@ static int classify(warren_worker *w, int n, int *n_claims) {
 }
 
 /* Turns the store's answer to each claim into the item's fate. */
-static void apply_claims(warren_worker *w, int n) {
+static void apply_claims(warren_worker *w, const warren__batch *b, int n) {
     for (int i = 0; i < n; i++) {
-        item *it = &w->items[i];
+        item *it = &b->items[i];
         if (it->claim < 0) {
             continue;
         }
-        warren__claim *cl = &w->claims[it->claim];
+        warren__claim *cl = &b->claims[it->claim];
         if (it->fate == FATE_DEAD) {
             /* too large: dead whatever the claim says, unless done/busy */
             if (cl->status == WARREN__CLAIM_DUPLICATE ||
@@ -367,17 +390,18 @@ static void apply_claims(warren_worker *w, int n) {
 }
 
 /* Step 1: claims, committed before any handler runs. */
-static int claim(warren_worker *w, int n, int n_claims) {
+static int claim(warren_worker *w, const warren__batch *b, int n,
+                 int n_claims) {
     if (n_claims == 0) {
         return 0;
     }
-    int rc = warren__store_claim_batch(w->store, w->claims, (size_t)n_claims,
+    int rc = warren__store_claim_batch(w->store, b->claims, (size_t)n_claims,
                                        w->c->max_deliveries, warren__now_ms());
     if (rc != 0) {
         return rc;
     }
     w->lease_mono_ms = warren__mono_ms();
-    apply_claims(w, n);
+    apply_claims(w, b, n);
     return 0;
 }
 
@@ -430,7 +454,8 @@ void warren__worker_publish_breaker(warren_worker *w) {
  * was taken over meanwhile is not run: the other worker holds a delivery
  * of it and its outcome. A busy store is tried again before the next
  * handler. */
-static void renew_leases(warren_worker *w, int from, int n) {
+static void renew_leases(warren_worker *w, const warren__batch *b, int from,
+                         int n) {
     int64_t lease_ms = (int64_t)w->cfg->store.lease_s * 1000;
     int k = 0;
     if (w->store == NULL ||
@@ -439,10 +464,10 @@ static void renew_leases(warren_worker *w, int from, int n) {
     }
     /* Claims given back behind a suspect stay given back. */
     for (int i = from; i < n; i++) {
-        const item *it = &w->items[i];
+        const item *it = &b->items[i];
         if (it->claim >= 0 && !it->released &&
             (it->fate == FATE_NONE || it->fate == FATE_DEAD || it->crashed)) {
-            w->claim_scratch[k++] = w->claims[it->claim];
+            w->claim_scratch[k++] = b->claims[it->claim];
         }
     }
     if (k == 0) {
@@ -462,7 +487,7 @@ static void renew_leases(warren_worker *w, int from, int n) {
     w->lease_mono_ms = t;
     k = 0;
     for (int i = from; i < n; i++) {
-        item *it = &w->items[i];
+        item *it = &b->items[i];
         if (it->claim < 0 || it->released ||
             (it->fate != FATE_NONE && it->fate != FATE_DEAD && !it->crashed)) {
             continue;
@@ -470,7 +495,7 @@ static void renew_leases(warren_worker *w, int from, int n) {
         if (!w->claim_scratch[k++].lost) {
             continue;
         }
-        w->claims[it->claim].lost = 1;
+        b->claims[it->claim].lost = 1;
         it->fate = FATE_SKIP;
         warren__log(WARREN_LOG_WARN,
                     &(warren__log_fields){"claim_lost", w->c->queue, it->id,
@@ -543,16 +568,17 @@ static warren_result finish_handler_txn(warren_worker *w, item *it,
 }
 
 /* Step 2: handlers. */
-static void run_handlers(warren_worker *w, int n) {
+static void run_handlers(warren_worker *w, const warren__batch *b, int n,
+                         int rest) {
     for (int i = 0; i < n; i++) {
-        item *it = &w->items[i];
-        struct warren_msg *m = &w->slots[i].msg;
+        item *it = &b->items[i];
+        struct warren_msg *m = &b->slots[i].msg;
         if (it->fate != FATE_NONE) {
             continue;
         }
         if (!w->stop) {
             /* to the end of the batch, past this segment */
-            renew_leases(w, i, w->view_rest);
+            renew_leases(w, b, i, rest);
             if (it->fate != FATE_NONE) {
                 continue;
             }
@@ -680,11 +706,11 @@ static int begin_outcomes(warren_worker *w) {
  * its own `done` already, see finish_handler_txn()). The transaction is
  * left open: commit_outcomes() or claim_next() commits it. On error it is
  * rolled back. */
-static int record_outcomes(warren_worker *w, int n) {
+static int record_outcomes(warren_worker *w, const warren__batch *b, int n) {
     int rc = 0, any = warren__store_in_txn(w->store);
     int64_t now = warren__now_ms();
     for (int i = 0; i < n; i++) {
-        item *it = &w->items[i];
+        item *it = &b->items[i];
         if (it->claim < 0 || it->fate == FATE_SKIP || it->fate == FATE_DEFER ||
             it->recorded) {
             continue;
@@ -770,13 +796,13 @@ int warren__worker_nack_through(warren_worker *w, uint64_t tag) {
  * covered by the ack still owed) and later ones have higher tags. That ack
  * is coalesced across batches (ACK_EVERY); delaying an ack never breaks the
  * order outcome-committed-before-ack. */
-static int settle(warren_worker *w, int n) {
+static int settle(warren_worker *w, const warren__batch *b, int n) {
     uint64_t last_ack = 0;
     int rc = 0, acked = 0;
     int nack_mode = w->c->retry.mode == WARREN__RETRY_NACK;
     for (int i = 0; i < n && rc == 0; i++) {
-        item *it = &w->items[i];
-        uint64_t tag = w->slots[i].msg.delivery_tag;
+        item *it = &b->items[i];
+        uint64_t tag = b->slots[i].msg.delivery_tag;
         if (it->fate == FATE_REQUEUE) {
             rc = warren__session_nack(w->sess, tag, 0, 1);
         } else if (it->fate == FATE_HOLD) {
@@ -808,10 +834,10 @@ static int settle(warren_worker *w, int n) {
     return rc;
 }
 
-static void count_and_log(warren_worker *w, int n) {
+static void count_and_log(warren_worker *w, const warren__batch *b, int n) {
     for (int i = 0; i < n; i++) {
-        item *it = &w->items[i];
-        const struct warren_msg *m = &w->slots[i].msg;
+        item *it = &b->items[i];
+        const struct warren_msg *m = &b->slots[i].msg;
         warren_log_level lvl = WARREN_LOG_DEBUG;
         switch (it->fate) {
         case FATE_ACK:
@@ -855,8 +881,8 @@ static uint64_t body_limit(const warren_worker *w) {
     return w->c->max_message_bytes < hard ? w->c->max_message_bytes : hard;
 }
 
-/* Bytes of bodies a half of the batch memory reads before it stops: with
- * the one body that may cross it, a half holds less than twice
+/* Bytes of bodies a batch reads before it stops: with the one body that
+ * may cross it, a batch holds less than twice
  * max_message_bytes, and the session's read-ahead has the same budget, so
  * a worker holds less than 6 x batch_bytes() of bodies, whatever
  * batch_max and prefetch are. */
@@ -865,17 +891,18 @@ static uint64_t batch_bytes(const warren_worker *w) {
     return limit > BATCH_BYTES_MIN ? limit : BATCH_BYTES_MIN;
 }
 
-/* Reads deliveries already buffered (never waiting) into slots[from..max),
- * while the bodies held in the half stay under batch_bytes(). Returns how
+/* Reads deliveries already buffered (never waiting) into b->slots[from..max),
+ * while the bodies held in `b` stay under batch_bytes(). Returns how
  * many slots are filled in all, or a session error. */
-static int fill_batch(warren_worker *w, int from, int max) {
+static int fill_batch(warren_worker *w, const warren__batch *b, int from,
+                      int max) {
     int n = from;
     uint64_t held = 0, budget = batch_bytes(w);
     for (int i = 0; i < from; i++) {
-        held += w->slots[i].msg.body_len;
+        held += b->slots[i].msg.body_len;
     }
     while (n < max && held < budget && warren__session_pending(w->sess)) {
-        int rc = warren__session_next(w->sess, &w->slots[n], body_limit(w), 0);
+        int rc = warren__session_next(w->sess, &b->slots[n], body_limit(w), 0);
         if (rc < 0) {
             warren__worker_set_err(w, "%s", warren__session_errstr(w->sess));
             return rc;
@@ -883,7 +910,7 @@ static int fill_batch(warren_worker *w, int from, int max) {
         if (rc == 0) {
             break;
         }
-        held += w->slots[n].msg.body_len;
+        held += b->slots[n].msg.body_len;
         n++;
     }
     return n;
@@ -900,19 +927,19 @@ static int may_pipeline(warren_worker *w) {
 
 /* Group commit. Batch N's outcomes are recorded in an open transaction;
  * if more deliveries are already buffered, they become batch N+1 in the
- * other half: classified and claimed inside that same transaction, so one
+ * batch `w->next`: classified and claimed inside that same transaction, so one
  * commit (one sync) makes N's outcomes and N+1's claims durable together,
  * and N+1's handlers run only after it. Nothing buffered: N commits alone
  * at once, so light traffic never waits. Within the transaction a second
  * copy of an id of N sees N's outcome (done: a duplicate) and a handler's
  * inbox writes commit with its outcome, as before. Returns 0 with
- * `*next_n` deliveries claimed in the other half (w->slots still point at
- * N's), or a store error after which nothing of either batch may be acked
+ * `*next_n` deliveries claimed in `w->next` (`w->cur` is still N), or a store
+ * error after which nothing of either batch may be acked
  * (`*next_n` then says how many of N+1 were read, to be handed back), or a
  * session error with N committed alone. */
 static int claim_next(warren_worker *w, int *next_n, int *session_rc) {
     int batch_max = w->c->batch_max;
-    int cur = w->half, n_claims = 0;
+    int n_claims = 0;
     *next_n = 0;
     *session_rc = 0;
     if (!may_pipeline(w) || !warren__session_pending(w->sess)) {
@@ -922,53 +949,44 @@ static int claim_next(warren_worker *w, int *next_n, int *session_rc) {
     if (burst > 0 && burst < (double)batch_max) {
         batch_max = (int)burst;
     }
-    use_half(w, cur ^ 1);
-    int m = fill_batch(w, 0, batch_max);
+    int m = fill_batch(w, &w->next, 0, batch_max);
     if (m <= 0) {
-        use_half(w, cur);
         *session_rc = m;
         return commit_outcomes(w);
     }
-    classify(w, m, &n_claims);
-    int rc =
-        warren__store_claim_and_commit(w->store, w->claims, (size_t)n_claims,
-                                       w->c->max_deliveries, warren__now_ms());
+    classify(w, &w->next, m, 0, &n_claims);
+    int rc = warren__store_claim_and_commit(
+        w->store, w->next.claims, (size_t)n_claims, w->c->max_deliveries,
+        warren__now_ms());
     if (rc == 0) {
         w->lease_mono_ms = warren__mono_ms();
-        apply_claims(w, m);
+        apply_claims(w, &w->next, m);
     }
-    use_half(w, cur);
     *next_n = m;
     return rc;
 }
 
-/* Last tag of the half other than the current one's first `n`. */
-static uint64_t other_last_tag(warren_worker *w, int n) {
-    size_t off = (size_t)(w->half ^ 1) * (size_t)w->c->batch_max;
-    return w->slot_mem[off + (size_t)n - 1].msg.delivery_tag;
+/* Batch `b` from its item `from` on: a segment of a batch is run through
+ * the same steps as a whole batch. Its claims stay the whole batch's, since
+ * items index them. */
+static warren__batch segment(const warren__batch *b, int from) {
+    warren__batch seg = {b->slots + from, b->items + from, b->claims};
+    return seg;
 }
 
-/* Points slots and items at the current half from index `from` on: a
- * segment of the batch is run through the same steps as a whole batch. */
-static void set_view(warren_worker *w, int from) {
-    use_half(w, w->half);
-    w->slots += from;
-    w->items += from;
-}
-
-/* 1 if item `i` of the current half is to run on its own: its claim was
+/* 1 if item `i` of `b` is to run on its own: its claim was
  * taken over from an owner that never recorded an outcome (it may be what
  * killed that owner), or, with no claim to tell, the broker redelivered
  * it. */
-static int is_suspect(warren_worker *w, int i) {
-    const item *it = &w->items[i];
+static int is_suspect(const warren__batch *b, int i) {
+    const item *it = &b->items[i];
     if (it->fate != FATE_NONE) {
         return 0;
     }
     if (it->claim >= 0) {
-        return w->claims[it->claim].taken_over;
+        return b->claims[it->claim].taken_over;
     }
-    return w->slots[i].msg.redelivered;
+    return b->slots[i].msg.redelivered;
 }
 
 /* Before a suspect runs: acks owed go out, and the claims of the items
@@ -976,7 +994,8 @@ static int is_suspect(warren_worker *w, int i) {
  * is not spent), so that if it kills this worker it alone is charged with
  * the crash. Returns 0 or a connection error; a store that cannot release
  * them now only costs that protection. */
-static int isolate_suspect(warren_worker *w, int at, int n) {
+static int isolate_suspect(warren_worker *w, const warren__batch *b, int at,
+                           int n) {
     if (warren__worker_flush_acks(w) != 0) {
         warren__worker_set_err(w, "%s", warren__session_errstr(w->sess));
         return WARREN_ERR_CONNECTION;
@@ -984,9 +1003,9 @@ static int isolate_suspect(warren_worker *w, int at, int n) {
     int any = 0, rc = 0;
     int64_t now = warren__now_ms();
     for (int i = at + 1; i < n && rc == 0; i++) {
-        item *it = &w->items[i];
+        item *it = &b->items[i];
         if (it->claim < 0 || it->fate != FATE_NONE ||
-            w->claims[it->claim].status != WARREN__CLAIM_RUN) {
+            b->claims[it->claim].status != WARREN__CLAIM_RUN) {
             continue;
         }
         if (!any) {
@@ -1012,9 +1031,9 @@ static int isolate_suspect(warren_worker *w, int at, int n) {
         return 0;
     }
     for (int i = at + 1; any && i < n; i++) {
-        item *it = &w->items[i];
+        item *it = &b->items[i];
         if (it->claim >= 0 && it->fate == FATE_NONE &&
-            w->claims[it->claim].status == WARREN__CLAIM_RUN) {
+            b->claims[it->claim].status == WARREN__CLAIM_RUN) {
             it->released = 1;
         }
     }
@@ -1027,9 +1046,9 @@ static int isolate_suspect(warren_worker *w, int at, int n) {
 static int reclaim_released(warren_worker *w, int from, int n) {
     int k = 0;
     for (int i = from; i < n; i++) {
-        item *it = &w->items[i];
+        item *it = &w->cur.items[i];
         if (it->released) {
-            w->claim_scratch[k++] = w->claims[it->claim];
+            w->claim_scratch[k++] = w->cur.claims[it->claim];
         }
     }
     if (k == 0) {
@@ -1044,8 +1063,8 @@ static int reclaim_released(warren_worker *w, int from, int n) {
                     "claiming the rest of a batch failed, it will be "
                     "redelivered: %s",
                     warren__store_errstr(w->store));
-        if (warren__worker_nack_through(w, w->slots[n - 1].msg.delivery_tag) !=
-            0) {
+        if (warren__worker_nack_through(
+                w, w->cur.slots[n - 1].msg.delivery_tag) != 0) {
             return WARREN_ERR_CONNECTION;
         }
         if (rc == WARREN_ERR_STORE_BUSY) {
@@ -1057,36 +1076,34 @@ static int reclaim_released(warren_worker *w, int from, int n) {
     w->lease_mono_ms = warren__mono_ms();
     k = 0;
     for (int i = from; i < n; i++) {
-        item *it = &w->items[i];
+        item *it = &w->cur.items[i];
         if (it->released) {
-            warren__claim *cl = &w->claims[it->claim];
+            warren__claim *cl = &w->cur.claims[it->claim];
             int suspect = cl->taken_over;
             *cl = w->claim_scratch[k++];
             cl->taken_over |= suspect; /* retaken from ourselves */
             it->released = 0;
         }
     }
-    set_view(w, from);
-    apply_claims(w, n - from);
-    set_view(w, 0);
+    warren__batch seg = segment(&w->cur, from);
+    apply_claims(w, &seg, n - from);
     return 0;
 }
 
-/* Runs items [from, from + n) of the current half (claimed) through steps
+/* Runs items [from, from + n) of `w->cur` (claimed) through steps
  * 2-5. With `last`, the segment ends the batch and group commit may read
- * and claim the next one (`*next_n` of them, in the other half). `batch_n`
+ * and claim the next one (`*next_n` of them, into `w->next`). `batch_n`
  * is the size of the whole batch, all of which an error hands back.
  * Returns 0, 1 if a busy store handed the rest back, or an error that ends
  * this session (connection) or the worker (store full). */
 static int process_segment(warren_worker *w, int from, int n, int batch_n,
                            int last, int *next_n) {
     int rc, session_rc = 0;
-    uint64_t batch_last_tag = w->slots[batch_n - 1].msg.delivery_tag;
-    set_view(w, from);
-    w->view_rest = batch_n - from;
-    run_handlers(w, n);
+    uint64_t batch_last_tag = w->cur.slots[batch_n - 1].msg.delivery_tag;
+    const warren__batch seg = segment(&w->cur, from);
+    run_handlers(w, &seg, n, batch_n - from);
     WARREN_FAILPOINT("handler.after");
-    warren__worker_publish_copies(w, n);
+    warren__worker_publish_copies(w, &seg, n);
     int broken = warren__session_broken(w->sess);
     if (broken) {
         /* The originals cannot be acked on this connection and come back.
@@ -1094,19 +1111,18 @@ static int process_segment(warren_worker *w, int from, int n, int batch_n,
          * redeliveries are duplicates and no effect runs twice; what needed
          * the broker (a nack into the retry queue) is released instead. */
         for (int i = 0; i < n; i++) {
-            fate f = w->items[i].fate;
+            fate f = seg.items[i].fate;
             if (w->c->retry.mode == WARREN__RETRY_NACK &&
                 (f == FATE_RETRY || f == FATE_DEFER)) {
-                w->items[i].fate = FATE_REQUEUE;
+                seg.items[i].fate = FATE_REQUEUE;
             }
         }
     }
     if (w->store) {
-        rc = record_outcomes(w, n);
+        rc = record_outcomes(w, &seg, n);
         if (rc == 0) {
             rc = broken || !last ? commit_outcomes(w)
                                  : claim_next(w, next_n, &session_rc);
-            set_view(w, from); /* claim_next() switched halves and back */
         }
         if (rc != 0) {
             int both = *next_n > 0;
@@ -1118,11 +1134,11 @@ static int process_segment(warren_worker *w, int from, int n, int batch_n,
                         both ? " or the next" : "",
                         warren__store_errstr(w->store));
             if (!broken) {
-                warren__worker_nack_through(w, both ? other_last_tag(w, *next_n)
-                                                    : batch_last_tag);
+                warren__worker_nack_through(
+                    w, both ? w->next.slots[*next_n - 1].msg.delivery_tag
+                            : batch_last_tag);
             }
             *next_n = 0;
-            set_view(w, 0);
             if (rc == WARREN_ERR_STORE_BUSY) {
                 return broken ? WARREN_ERR_CONNECTION : 1;
             }
@@ -1131,13 +1147,11 @@ static int process_segment(warren_worker *w, int from, int n, int batch_n,
         }
     }
     if (broken) {
-        set_view(w, 0);
         return WARREN_ERR_CONNECTION;
     }
     WARREN_FAILPOINT("commit.after");
-    rc = session_rc ? session_rc : settle(w, n);
-    count_and_log(w, n);
-    set_view(w, 0);
+    rc = session_rc ? session_rc : settle(w, &seg, n);
+    count_and_log(w, &seg, n);
     if (rc != 0) {
         *next_n = 0;
         return WARREN_ERR_CONNECTION;
@@ -1147,7 +1161,7 @@ static int process_segment(warren_worker *w, int from, int n, int batch_n,
 
 /* Runs one claimed batch of `n` deliveries through steps 2-5, and, with
  * group commit, reads and claims the next one (`*next_n` of them, left in
- * the other half, which is current on return). Returns 0, or an error that
+ * `w->next`, which becomes `w->cur` on return). Returns 0, or an error that
  * ends this session (connection) or the worker (store full).
  * Suspects (is_suspect()) run on their own: what ran before one is
  * committed and settled first, and what comes after it is claimed again
@@ -1158,12 +1172,12 @@ int warren__worker_process_batch(warren_worker *w, int n, int *next_n) {
     *next_n = 0;
     WARREN_FAILPOINT("claim.after");
     for (int a = 0; a < n && rc == 0;) {
-        int suspect = is_suspect(w, a), b = a + 1;
-        while (!suspect && b < n && !is_suspect(w, b)) {
+        int suspect = is_suspect(&w->cur, a), b = a + 1;
+        while (!suspect && b < n && !is_suspect(&w->cur, b)) {
             b++;
         }
         if (suspect && b < n) {
-            rc = w->store ? isolate_suspect(w, a, n)
+            rc = w->store ? isolate_suspect(w, &w->cur, a, n)
                           : warren__worker_flush_acks(w);
             if (rc != 0) {
                 break;
@@ -1180,15 +1194,15 @@ int warren__worker_process_batch(warren_worker *w, int n, int *next_n) {
     }
     atomic_store_explicit(&w->ws->in_flight, *next_n, memory_order_relaxed);
     for (int i = 0; i < n; i++) {
-        if (w->items[i].fate == FATE_HOLD) {
+        if (w->cur.items[i].fate == FATE_HOLD) {
             continue; /* kept whole for its run after the hold */
         }
-        if (w->slots[i].body_cap > BODY_KEEP_BYTES) {
-            free(w->slots[i].body);
-            w->slots[i].body = NULL;
-            w->slots[i].body_cap = 0;
+        if (w->cur.slots[i].body_cap > BODY_KEEP_BYTES) {
+            free(w->cur.slots[i].body);
+            w->cur.slots[i].body = NULL;
+            w->cur.slots[i].body_cap = 0;
         }
-        warren__delivery_drop_spool(&w->slots[i]);
+        warren__delivery_drop_spool(&w->cur.slots[i]);
     }
     warren__session_release(w->sess);
     if (rc == 1) {
@@ -1206,25 +1220,28 @@ int warren__worker_process_batch(warren_worker *w, int n, int *next_n) {
      * front, in tag order, for take_batch() to run again first. */
     w->carried = 0;
     for (int i = 0; w->n_held > 0 && i < n; i++) {
-        if (w->items[i].fate == FATE_HOLD) {
+        if (w->cur.items[i].fate == FATE_HOLD) {
             int k = w->carried++;
             if (k != i) {
-                item t = w->items[k];
-                w->items[k] = w->items[i];
-                w->items[i] = t;
-                warren__delivery_swap(&w->slots[k], &w->slots[i]);
+                item t = w->cur.items[k];
+                w->cur.items[k] = w->cur.items[i];
+                w->cur.items[i] = t;
+                warren__delivery_swap(&w->cur.slots[k], &w->cur.slots[i]);
             }
         }
     }
     w->n_held = w->carried;
     if (*next_n > 0) {
-        use_half(w, w->half ^ 1);
+        /* The batch claimed ahead is the one to run next. */
+        warren__batch done = w->cur;
+        w->cur = w->next;
+        w->next = done;
     }
     return 0;
 }
 
 /* Reads and claims a new batch (the first, or one after a batch that
- * committed alone) into the current half. Returns its size, 0 if there was
+ * committed alone) into `w->cur`. Returns its size, 0 if there was
  * none (timeout, or a busy store handed it back), or an error. */
 int warren__worker_take_batch(warren_worker *w, int batch_max) {
     int rc;
@@ -1234,7 +1251,7 @@ int warren__worker_take_batch(warren_worker *w, int batch_max) {
     } else if (w->ack_tag != 0 && !warren__session_pending(w->sess)) {
         /* Acks are owed: wait a moment for more traffic to share them,
          * then send them before any longer wait. */
-        rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
+        rc = warren__session_next(w->sess, &w->cur.slots[0], body_limit(w),
                                   ACK_IDLE_MS);
         if (rc == 0) {
             rc = warren__worker_flush_acks(w);
@@ -1243,12 +1260,12 @@ int warren__worker_take_batch(warren_worker *w, int batch_max) {
                                        warren__session_errstr(w->sess));
                 return WARREN_ERR_CONNECTION;
             }
-            rc = warren__session_next(w->sess, &w->slots[0], body_limit(w),
+            rc = warren__session_next(w->sess, &w->cur.slots[0], body_limit(w),
                                       POLL_MS);
         }
     } else {
-        rc =
-            warren__session_next(w->sess, &w->slots[0], body_limit(w), POLL_MS);
+        rc = warren__session_next(w->sess, &w->cur.slots[0], body_limit(w),
+                                  POLL_MS);
     }
     if (rc < 0) {
         warren__worker_set_err(w, "%s", warren__session_errstr(w->sess));
@@ -1258,16 +1275,16 @@ int warren__worker_take_batch(warren_worker *w, int batch_max) {
         warren__worker_maybe_prune(w);
         return 0;
     }
-    int n = fill_batch(w, w->carried > 0 ? w->carried : 1, batch_max);
+    int n = fill_batch(w, &w->cur, w->carried > 0 ? w->carried : 1, batch_max);
     if (n < 0) {
         return n;
     }
     int n_claims;
     atomic_store_explicit(&w->ws->in_flight, n, memory_order_relaxed);
-    classify(w, n, &n_claims);
+    classify(w, &w->cur, n, w->carried, &n_claims);
     w->carried = 0;
     w->n_held = 0; /* in this batch now, settled with it */
-    rc = claim(w, n, n_claims);
+    rc = claim(w, &w->cur, n, n_claims);
     if (rc != 0) {
         warren__log(WARREN_LOG_ERROR,
                     &(warren__log_fields){"store_error", w->c->queue, NULL,
@@ -1276,8 +1293,8 @@ int warren__worker_take_batch(warren_worker *w, int batch_max) {
                     warren__store_errstr(w->store));
         if (rc == WARREN_ERR_STORE_BUSY) {
             /* Nothing was claimed: hand the whole batch back. */
-            rc = warren__worker_nack_through(w,
-                                             w->slots[n - 1].msg.delivery_tag);
+            rc = warren__worker_nack_through(
+                w, w->cur.slots[n - 1].msg.delivery_tag);
             return rc ? WARREN_ERR_CONNECTION : 0;
         }
         warren__worker_set_err(w, "%s", warren__store_errstr(w->store));

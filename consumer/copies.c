@@ -297,13 +297,14 @@ static int dead_instead_of_retry(warren_worker *w, warren__delivery *d,
 }
 
 /* Step 3: copies, confirmed before any original is acked. */
-int warren__worker_publish_copies(warren_worker *w, int n) {
+int warren__worker_publish_copies(warren_worker *w, const warren__batch *b,
+                                  int n) {
     int any = 0, rc = 0;
     int republish = w->c->retry.mode == WARREN__RETRY_REPUBLISH;
     recycle_amqp_pool(&w->pool);
     for (int i = 0; i < n && rc == 0; i++) {
-        item *it = &w->items[i];
-        warren__delivery *d = &w->slots[i];
+        item *it = &b->items[i];
+        warren__delivery *d = &b->slots[i];
         switch (it->fate) {
         case FATE_RETRY:
             if (republish) {
@@ -366,7 +367,7 @@ int warren__worker_publish_copies(warren_worker *w, int n) {
          * outcome recorded for one of the latter (dead, retrying) would make
          * its redelivery a duplicate with no copy anywhere: lost. */
         for (int i = 0; i < n; i++) {
-            item *it = &w->items[i];
+            item *it = &b->items[i];
             int needs_copy = it->fate == FATE_DEAD ||
                              (republish && (it->fate == FATE_RETRY ||
                                             it->fate == FATE_DEFER));

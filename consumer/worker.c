@@ -90,6 +90,11 @@ uint64_t warren_worker_stat(const warren_worker *w, warren_stat which) {
     return atomic_load_explicit(&w->ws->counters[which], memory_order_relaxed);
 }
 
+static void release_batch_memory(warren_worker *w) {
+    warren__batch_release(&w->cur, w->c->batch_max);
+    warren__batch_release(&w->next, w->c->batch_max);
+}
+
 void warren__worker_share(warren_worker *w, warren__wstats *slot) {
     w->ws = slot;
 }
@@ -99,9 +104,8 @@ void warren_worker_free(warren_worker *w) {
         return;
     }
     release_batch_memory(w);
-    free(w->slot_mem);
-    free(w->item_mem);
-    free(w->claim_mem);
+    warren__batch_free(&w->cur);
+    warren__batch_free(&w->next);
     free(w->claim_scratch);
     free(w->fn_arg);
     free(w->hdr_scratch);
@@ -266,7 +270,6 @@ static int consume_loop(warren_worker *w) {
     }
     w->n_held = 0;
     w->carried = 0;
-    use_half(w, 0);
     while (!w->stop || n > 0) {
         if (n == 0) {
             if (w->fallback == NULL &&
@@ -296,7 +299,7 @@ static int consume_loop(warren_worker *w) {
     }
     if (w->carried > 0) {
         /* Stopped while holding: the held ones go back untouched. */
-        uint64_t tag = w->slots[w->carried - 1].msg.delivery_tag;
+        uint64_t tag = w->cur.slots[w->carried - 1].msg.delivery_tag;
         w->carried = 0;
         if (warren__worker_nack_through(w, tag) != 0) {
             warren__worker_set_err(w, "%s", warren__session_errstr(w->sess));
@@ -329,17 +332,14 @@ int warren_worker_run(warren_worker *w) {
     snprintf(w->worker_name, sizeof w->worker_name, "%s:%d", w->host,
              (int)getpid());
     atomic_store_explicit(&w->ws->pid, (int64_t)getpid(), memory_order_relaxed);
-    size_t halves = 2 * (size_t)w->c->batch_max;
-    w->slot_mem = calloc(halves, sizeof *w->slot_mem);
-    w->item_mem = calloc(halves, sizeof *w->item_mem);
-    w->claim_mem = calloc(halves, sizeof *w->claim_mem);
-    w->claim_scratch =
-        calloc((size_t)w->c->batch_max, sizeof *w->claim_scratch);
-    if (!w->slot_mem || !w->item_mem || !w->claim_mem || !w->claim_scratch) {
+    int bm = w->c->batch_max;
+    int rc_cur = warren__batch_alloc(&w->cur, bm);
+    int rc_next = warren__batch_alloc(&w->next, bm);
+    w->claim_scratch = calloc((size_t)bm, sizeof *w->claim_scratch);
+    if (rc_cur != 0 || rc_next != 0 || !w->claim_scratch) {
         warren__worker_set_err(w, "out of memory");
         return WARREN_ERR_NOMEM;
     }
-    use_half(w, 0);
     warren__worker_copies_init(w);
     warren__breaker_init(&w->breaker, &w->c->breaker, w->c->queue);
     warren__retrybudget_init(&w->budget, &w->c->retry.budget);

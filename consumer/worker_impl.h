@@ -1,13 +1,13 @@
 /*
  * worker_impl.h - what the pieces of one worker share (private to
- * consumer/worker*.c and consumer/copies.c).
+ * consumer/worker.c, consumer/batch.c and consumer/copies.c).
  *
  * A worker is split by concern: worker.c holds the public worker API, the
  * connection lifecycle and the loop; batch.c runs one batch through the
  * order warren promises (claim, handlers, copies, outcomes, acks); copies.c
  * builds and publishes the retry and dead-letter copies. They share the
- * worker struct and the per-delivery item declared here; nothing outside
- * those files includes this header.
+ * worker struct, the per-delivery item and the batch value declared here;
+ * nothing outside those files includes this header.
  */
 #ifndef WARREN_WORKER_IMPL_H
 #define WARREN_WORKER_IMPL_H
@@ -69,6 +69,17 @@ typedef struct {
     const char *handler; /* "primary", "fallback"; NULL if none ran */
 } item;
 
+/* One batch: up to batch_max deliveries, what is decided about each
+ * (items[i] is about slots[i]) and the store's answers to their claims
+ * (items[i].claim indexes claims). A segment of a batch is a batch value
+ * too, whose slots and items start inside the batch (see segment() in
+ * batch.c). */
+typedef struct {
+    warren__delivery *slots;
+    item *items;
+    warren__claim *claims;
+} warren__batch;
+
 struct warren_worker {
     const struct warren_config *cfg;
     const warren__consumer_cfg *c;
@@ -94,21 +105,15 @@ struct warren_worker {
     warren__ratelimit rate;
     warren__retrybudget budget;
 
-    /* Two halves of batch_max each: while batch N settles, batch N+1 is
-     * already read and claimed in the other (see claim_next()). `slots`,
-     * `items` and `claims` point at the half being worked on. */
-    warren__delivery *slot_mem;
-    item *item_mem;
-    warren__claim *claim_mem;
-    int half;
+    /* The batch being run, and the next one, read and claimed ahead while
+     * `cur` settles (see claim_next()); they trade places when `cur` is
+     * done. */
+    warren__batch cur;
+    warren__batch next;
     warren__claim *claim_scratch; /* batch_max: claims taken again */
     int64_t lease_mono_ms;        /* when the current claims were leased */
-    int view_rest; /* items from the view's start to the batch's end */
-    warren__delivery *slots;
-    item *items;
-    warren__claim *claims;
-    amqp_pool_t pool;     /* headers of copies, recycled every batch */
-    uint8_t *hdr_scratch; /* error_budget()'s encoding buffer */
+    amqp_pool_t pool;             /* headers of copies, recycled every batch */
+    uint8_t *hdr_scratch;         /* error_budget()'s encoding buffer */
     size_t hdr_scratch_len;
 
     /* The coalesced multiple-ack not sent yet: its tag (0: none), how many
@@ -118,7 +123,7 @@ struct warren_worker {
     int ack_every;
     int64_t ack_since_ms;
 
-    /* Breaker holds: `n_held` deliveries of the current half are held
+    /* Breaker holds: `n_held` deliveries of `cur` are held
      * unacked (while any is, acks go one by one: a multiple-ack would
      * settle them too); once the batch is done they are moved to its first
      * `carried` slots, which take_batch() runs again as the next batch's
@@ -133,20 +138,6 @@ _Static_assert(sizeof(((warren__wstats *)0)->running_id) >=
 
 void warren__worker_set_err(warren_worker *w, const char *fmt, ...)
     WARREN_PRINTF(2, 3);
-
-static inline void release_batch_memory(warren_worker *w) {
-    for (int i = 0; w->slot_mem && i < 2 * w->c->batch_max; i++) {
-        warren__delivery_free(&w->slot_mem[i]);
-    }
-}
-
-static inline void use_half(warren_worker *w, int half) {
-    size_t off = (size_t)half * (size_t)w->c->batch_max;
-    w->half = half;
-    w->slots = w->slot_mem + off;
-    w->items = w->item_mem + off;
-    w->claims = w->claim_mem + off;
-}
 
 /* Header `name` of `m` as an integer within [lo, hi], else `dflt`. */
 static inline int64_t header_int(const struct warren_msg *m, const char *name,
@@ -163,6 +154,15 @@ static inline int64_t header_int(const struct warren_msg *m, const char *name,
 void warren__worker_maybe_prune(warren_worker *w);
 
 /* batch.c */
+/* Allocates a batch of `max` slots (zeroed). Returns 0 or
+ * WARREN_ERR_NOMEM, after which what was allocated is freed by
+ * warren__batch_free(). */
+int warren__batch_alloc(warren__batch *b, int max);
+/* Gives back the buffers of its `max` deliveries (their body buffers,
+ * pools and spools), keeping the arrays for the next connection. */
+void warren__batch_release(warren__batch *b, int max);
+/* Frees the arrays; a batch never allocated (all NULL) is a no-op. */
+void warren__batch_free(warren__batch *b);
 /* Copies the breaker's state where the supervisor can read it. */
 void warren__worker_publish_breaker(warren_worker *w);
 /* Sends the coalesced multiple-ack, if any. */
@@ -177,7 +177,11 @@ int warren__worker_process_batch(warren_worker *w, int n, int *next_n);
 /* copies.c */
 void warren__worker_copies_init(warren_worker *w);
 void warren__worker_copies_fini(warren_worker *w);
-/* Step 3: copies of the current view's `n` items, confirmed. */
-int warren__worker_publish_copies(warren_worker *w, int n);
+/* Step 3: the copies the first `n` items of batch (or segment) `b` need,
+ * published and confirmed before any original is acked. Returns 0, or an
+ * error after which every item that needed a copy is to be requeued (their
+ * fates say so already). */
+int warren__worker_publish_copies(warren_worker *w, const warren__batch *b,
+                                  int n);
 
 #endif /* WARREN_WORKER_IMPL_H */
