@@ -693,6 +693,40 @@ static void test_broker_urls_list_is_checked(void **state) {
         strstr(parse_err(json), "t.json: broker.urls[1]: expected"));
 }
 
+/* WARREN_BROKER_PASSWORD fills in the password of every URL that names a
+ * user without one (percent-encoded), leaves the others alone, and is
+ * checked like a URL part. */
+static void test_broker_password_env_fills_urls_with_a_user(void **state) {
+    (void)state;
+    static const char json[] =
+        "{\"broker\":{\"urls\":[\"amqp://orders@n1:5672/v\",\"amqp://n2\","
+        "\"amqp://u:own@n3\",\"amqps://orders@n4:5671\"]},"
+        "\"consumers\":[{\"queue\":\"q\",\"handler\":\"builtin:noop\"}]}";
+    unsetenv("WARREN_URL");
+    setenv("WARREN_BROKER_PASSWORD", "p@ss w:rd/1", 1);
+    warren_config *cfg = parse_ok(json);
+    assert_string_equal(cfg->broker.urls[0],
+                        "amqp://orders:p%40ss%20w%3Ard%2F1@n1:5672/v");
+    assert_string_equal(cfg->broker.urls[1], "amqp://n2");
+    assert_string_equal(cfg->broker.urls[2], "amqp://u:own@n3");
+    assert_string_equal(cfg->broker.urls[3],
+                        "amqps://orders:p%40ss%20w%3Ard%2F1@n4:5671");
+    warren_config_free(cfg);
+    /* WARREN_URL without a password gets it too. */
+    setenv("WARREN_URL", "amqp://env@e:5672/%2f", 1);
+    cfg = parse_ok(json);
+    assert_string_equal(cfg->broker.urls[0],
+                        "amqp://env:p%40ss%20w%3Ard%2F1@e:5672/%2f");
+    warren_config_free(cfg);
+    unsetenv("WARREN_URL");
+    setenv("WARREN_BROKER_PASSWORD", "bad\npw", 1);
+    const char *err = parse_err(json);
+    assert_non_null(strstr(err, "t.json: WARREN_BROKER_PASSWORD: expected a "
+                                "password without control characters"));
+    assert_null(strstr(err, "bad"));
+    unsetenv("WARREN_BROKER_PASSWORD");
+}
+
 /* Issue 14 section 2: breaker.fallback takes any handler kind, is checked
  * like "handler", and is absent (NULL: pause) by default. */
 static void test_breaker_fallback_is_read_and_checked(void **state) {
@@ -791,6 +825,7 @@ int main(void) {
         cmocka_unit_test(test_delivery_limit_defaults_above_poison_cap),
         cmocka_unit_test(test_queue_type_is_classic_or_quorum),
         cmocka_unit_test(test_broker_urls_list_is_checked),
+        cmocka_unit_test(test_broker_password_env_fills_urls_with_a_user),
         cmocka_unit_test(test_breaker_fallback_is_read_and_checked),
         cmocka_unit_test(test_retry_jitter_style_and_budget_are_read),
     };
