@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "config.h" /* shutdown_grace_s, workers per consumer */
+#include "failover.h"
 #include "log.h"
 #include "store.h"
 #include "wstats.h"
@@ -89,6 +90,10 @@ typedef struct {
     int n_plan, next_plan;
     int waiting;
     int64_t wait_until_ms;
+    /* The broker.urls index the next worker starts at (failover.h): one
+     * more per spawn, from a random start, so a pool spreads over a
+     * cluster's nodes and hosts do not all begin with the first. */
+    unsigned next_url;
 } pool;
 
 static volatile sig_atomic_t got_stop, got_hup;
@@ -139,7 +144,7 @@ static int worker_exit_code(int rc, int64_t pool_age_ms) {
 
 /* The body of a worker process. Returns its exit code. */
 static int worker_main(warren_config *cfg, int index, warren__wstats *slot,
-                       int64_t pool_t0) {
+                       unsigned first_url, int64_t pool_t0) {
     install(SIGTERM, on_worker_signal);
     /* The supervisor forwards SIGTERM: a terminal's Ctrl-C reaching the
      * whole process group must not count as a second signal here. */
@@ -152,6 +157,7 @@ static int worker_main(warren_config *cfg, int index, warren__wstats *slot,
         return EXIT_FAILURE_RUNTIME;
     }
     warren__worker_share(w, slot);
+    warren__worker_set_first_url(w, first_url);
     the_worker = w;
     if (got_stop || getppid() == 1) {
         /* A signal came before the worker existed, or the supervisor died
@@ -233,13 +239,15 @@ static pid_t spawn(pool *p, int slot) {
     p->view.slot_series[slot] = cli_view_series(&p->view, queue_of(c));
     pthread_mutex_unlock(&p->view.lock);
     fflush(NULL);
+    unsigned first_url = p->next_url++;
     pid_t pid = fork();
     if (pid == 0) {
         if (p->http != NULL) {
             close(cli_http_fd(p->http));
         }
         install(SIGTERM, SIG_DFL);
-        _exit(worker_main(c->cfg, c->consumer, &p->view.slots[slot], p->t0));
+        _exit(worker_main(c->cfg, c->consumer, &p->view.slots[slot], first_url,
+                          p->t0));
     }
     if (pid > 0) {
         pthread_mutex_lock(&p->view.lock);
@@ -730,6 +738,7 @@ static int supervise(pool *p) {
     int exit_code = EXIT_OK, stopping = 0, sent = 0;
 
     p->t0 = warren__mono_ms();
+    p->next_url = warren__url_random_start();
     p->waiting = -1;
     for (int i = 0; i < p->cfg->n_consumers && !stopping; i++) {
         for (int j = 0; j < p->cfg->consumers[i].workers; j++) {

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "dlq.h"
 #include "log.h"
+#include "failover.h"
 #include "session.h"
 #include "store.h"
 #include "topology.h"
@@ -115,7 +116,7 @@ int cmd_status(int argc, char **argv) {
         }
     }
     warren__session *s = NULL;
-    rc = warren__session_connect(cfg, 0, &s, err, sizeof err);
+    rc = warren__session_connect_any(cfg, 0, &s, NULL, err, sizeof err);
     if (rc != 0) {
         cli_error("%s", err);
         warren__store_close(st);

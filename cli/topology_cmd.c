@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "failover.h"
 #include "session.h"
 #include "topology.h"
 
@@ -72,7 +73,7 @@ int cmd_topology(int argc, char **argv) {
     if (ops == NULL) {
         rc = WARREN_ERR_NOMEM;
     } else if (declare) {
-        rc = warren__session_connect(cfg, 0, &s, err, sizeof err);
+        rc = warren__session_connect_any(cfg, 0, &s, NULL, err, sizeof err);
         if (rc != 0) {
             cli_error("%s", err);
         }

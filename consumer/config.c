@@ -486,6 +486,89 @@ static void parse_tls(parser *p, const cJSON *tls, warren_config *cfg) {
     }
 }
 
+/* WARREN_BROKER_PASSWORD: the password of every broker URL that names a
+ * user but no password ("amqps://orders@mq1/prod"), so that a cluster's
+ * URLs can sit in the config file without a secret. Percent-encoded into
+ * the URL (amqp_parse_url decodes it); URLs without a user keep rabbitmq-c's
+ * default (guest) and URLs with a password keep theirs. */
+static void add_broker_password(parser *p, warren_config *cfg) {
+    const char *pw = getenv("WARREN_BROKER_PASSWORD");
+    static const char hex[] = "0123456789ABCDEF";
+    char enc[3 * 256 + 1];
+    size_t e = 0, n;
+
+    if (p->rc != 0 || pw == NULL || pw[0] == '\0') {
+        return;
+    }
+    n = strnlen(pw, 257);
+    if (n > 256) {
+        fail(p, "WARREN_BROKER_PASSWORD",
+             "expected at most 256 bytes, got more");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)pw[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            fail(p, "WARREN_BROKER_PASSWORD",
+                 "expected a password without control characters, got one "
+                 "at byte %zu",
+                 i + 1);
+            return;
+        }
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+            (ch >= '0' && ch <= '9') || strchr("-._~", ch) != NULL) {
+            enc[e++] = (char)ch;
+        } else {
+            enc[e++] = '%';
+            enc[e++] = hex[ch >> 4];
+            enc[e++] = hex[ch & 15];
+        }
+    }
+    enc[e] = '\0';
+    for (int i = 0; i < cfg->broker.n_urls && p->rc == 0; i++) {
+        const char *url = cfg->broker.urls[i];
+        const char *auth = strstr(url, "://");
+        const char *end, *at = NULL;
+        char why[160];
+        if (auth == NULL) {
+            continue;
+        }
+        auth += 3;
+        end = auth + strcspn(auth, "/?#");
+        for (const char *q = auth; q < end; q++) {
+            if (*q == '@') {
+                at = q;
+            }
+        }
+        if (at == NULL || at == auth ||
+            memchr(auth, ':', (size_t)(at - auth))) {
+            continue; /* no user, or a password of its own */
+        }
+        size_t len = strlen(url) + 1 + e + 1;
+        char *with = malloc(len);
+        if (with == NULL) {
+            oom(p);
+            return;
+        }
+        snprintf(with, len, "%.*s:%s%s", (int)(at - url), url, enc, at);
+        int rc = warren__url_check(with, why, sizeof why);
+        if (rc != 0) {
+            free(with);
+            if (rc == WARREN_ERR_NOMEM) {
+                oom(p);
+            } else {
+                fail(p, "WARREN_BROKER_PASSWORD",
+                     "expected a password that makes a valid URL of "
+                     "broker.urls[%d], got one that does not (%s)",
+                     i, why);
+            }
+            return;
+        }
+        free(cfg->broker.urls[i]);
+        cfg->broker.urls[i] = with;
+    }
+}
+
 static void parse_broker(parser *p, const cJSON *root, warren_config *cfg) {
     static const char *const keys[] = {
         "url", "urls", "heartbeat_s", "connect_timeout_s", "confirm_timeout_ms",
@@ -561,6 +644,7 @@ static void parse_broker(parser *p, const cJSON *root, warren_config *cfg) {
         add_url(p, cfg, "broker.url", DEFAULT_URL);
         p->file_has_password = had_file_password;
     }
+    add_broker_password(p, cfg);
 }
 
 static void parse_store(parser *p, const cJSON *root, warren_config *cfg) {

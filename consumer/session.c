@@ -1140,14 +1140,10 @@ int warren__session_apply(warren__session *s, const warren__topo_op *ops,
         }
         rc = check_rpc(s, what);
         if (rc == WARREN_ERR_PRECONDITION) {
-            char detail[ERR_MAX];
+            char detail[ERR_MAX], hint[ERR_MAX];
             snprintf(detail, sizeof detail, "%s", s->err);
-            set_err(s,
-                    "%s\n  '%s' already exists with other arguments than "
-                    "this config asks for. Either change the config back, or "
-                    "migrate: drain the queue, delete it (rabbitmqctl "
-                    "delete_queue) and restart; see docs/retry.md",
-                    detail, op->name);
+            warren__topology_precondition_hint(op, detail, hint, sizeof hint);
+            set_err(s, "%s\n  %s", detail, hint);
             reopen_channel(s);
             return rc;
         }

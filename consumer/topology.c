@@ -268,3 +268,70 @@ int warren__delay_route(uint32_t delay_ms, const char *queue, int quorum,
     memcpy(rk + o, queue, qlen + 1);
     return 0;
 }
+
+/* The name in the broker's "inequivalent arg 'NAME' ..." text, or "". */
+static void differing_arg(const char *text, char *out, size_t len) {
+    const char *a = strstr(text, "inequivalent arg '");
+    size_t n = 0;
+    out[0] = '\0';
+    if (a == NULL) {
+        return;
+    }
+    a += strlen("inequivalent arg '");
+    while (a[n] != '\0' && a[n] != '\'' && n + 1 < len) {
+        n++;
+    }
+    memcpy(out, a, n);
+    out[n] = '\0';
+}
+
+void warren__topology_precondition_hint(const warren__topo_op *op,
+                                        const char *broker_text, char *out,
+                                        size_t len) {
+    int quorum = 0;
+    char arg[64];
+    if (len == 0) {
+        return;
+    }
+    for (int i = 0; i < op->n_args; i++) {
+        if (strcmp(op->args[i].key, "x-queue-type") == 0 &&
+            op->args[i].type == WARREN__ARG_STR &&
+            strcmp(op->args[i].str, "quorum") == 0) {
+            quorum = 1;
+        }
+    }
+    differing_arg(broker_text ? broker_text : "", arg, sizeof arg);
+    /* The broker names only the first argument that differs, in its own
+     * order (a classic queue asked to be quorum is usually reported as
+     * x-dead-letter-exchange), so the type is told from which side has
+     * the argument at all. */
+    if (op->kind == WARREN__OP_QUEUE && quorum && broker_text &&
+        strstr(broker_text, "but current is none") != NULL) {
+        snprintf(out, len,
+                 "'%s' exists without the argument '%s' that a quorum queue "
+                 "of this config has: it is probably a classic queue, and "
+                 "this consumer says \"queue_type\": \"quorum\". A queue's "
+                 "type cannot change in place: keep \"queue_type\": "
+                 "\"classic\", or move the queue to quorum (stop its "
+                 "workers, drain or shovel it, delete it, start them again: "
+                 "docs/operations.md, \"Moving a queue to quorum\")",
+                 op->name, arg);
+    } else if (op->kind == WARREN__OP_QUEUE && !quorum && broker_text &&
+               strstr(broker_text, "received none but current is") != NULL) {
+        snprintf(out, len,
+                 "'%s' exists with the argument '%s' that this config does "
+                 "not set: it is probably a quorum queue, and this consumer "
+                 "says \"queue_type\": \"classic\" (the default). Set "
+                 "\"queue_type\": \"quorum\" if it is one; a queue's type "
+                 "cannot change in place (docs/operations.md, \"Moving a "
+                 "queue to quorum\")",
+                 op->name, arg);
+    } else {
+        snprintf(out, len,
+                 "'%s' already exists with other arguments than this config "
+                 "asks for. Either change the config back, or migrate: drain "
+                 "the queue, delete it (rabbitmqctl delete_queue) and "
+                 "restart; see docs/retry.md",
+                 op->name);
+    }
+}

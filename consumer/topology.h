@@ -75,4 +75,14 @@ int warren__delay_route(uint32_t delay_ms, const char *queue, int quorum,
 /* The dead-letter queue name of consumer `c` (its "dead_letter.queue"). */
 const char *warren__dlq_name(const warren__consumer_cfg *c);
 
+/* What to tell the operator when the broker refused `op` with
+ * PRECONDITION_FAILED and `broker_text` (its reply, e.g. "inequivalent arg
+ * 'x-dead-letter-exchange' ... received none but current is ..."): for a
+ * queue whose type differs from the consumer's queue_type (as far as the
+ * text tells), that the type cannot change in place and what to do; else
+ * the general migration advice. Written into `out` (always terminated). */
+void warren__topology_precondition_hint(const warren__topo_op *op,
+                                        const char *broker_text, char *out,
+                                        size_t len);
+
 #endif /* WARREN_TOPOLOGY_H */

@@ -20,9 +20,11 @@
  * run first, as the half-open trials (see hold_for_breaker()).
  */
 #include "worker_impl.h"
+#include "failover.h"
 #include "hostid.h"
 #include "log.h"
 #include "topology.h"
+#include "url.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -55,7 +57,13 @@ warren_worker *warren_worker_new(const warren_config *cfg, int index) {
     w->cfg = cfg;
     w->c = &cfg->consumers[index];
     w->ws = &w->own_stats;
+    /* A random node of broker.urls, so that workers spread (failover.h). */
+    w->url_index = warren__url_at(cfg, warren__url_random_start());
     return w;
+}
+
+void warren__worker_set_first_url(warren_worker *w, unsigned k) {
+    w->url_index = warren__url_at(w->cfg, k);
 }
 
 int warren_worker_set_handler(warren_worker *w, warren_handler_fn fn,
@@ -154,8 +162,18 @@ static int connect_session(warren_worker *w) {
                                      sizeof err);
     if (rc != 0) {
         warren__worker_set_err(w, "%s", err);
-        w->url_index = (w->url_index + 1) % w->cfg->broker.n_urls;
+        w->url_index = warren__url_next(w->cfg, w->url_index);
         return rc;
+    }
+    if (warren__log_enabled(WARREN_LOG_INFO)) {
+        char shown[WARREN__URL_MAX + 1];
+        warren_redact_url(w->cfg->broker.urls[w->url_index], shown,
+                          sizeof shown);
+        warren__log(
+            WARREN_LOG_INFO,
+            &(warren__log_fields){"connected", w->c->queue, NULL, NULL, -1, -1},
+            "connected to %s (broker.urls[%d] of %d)", shown, w->url_index,
+            w->cfg->broker.n_urls);
     }
     ops = calloc(WARREN__TOPO_MAX_OPS, sizeof *ops);
     if (ops == NULL) {
@@ -360,8 +378,7 @@ int warren_worker_run(warren_worker *w) {
         rc = connect_session(w);
         if (rc != 0) {
             int fatal = warren_err_fatal(rc) == WARREN_FATAL_ALWAYS;
-            int unreachable =
-                rc == WARREN_ERR_CONNECT || rc == WARREN_ERR_TIMEOUT;
+            int unreachable = warren__url_try_next(rc);
             if (!ever_connected && unreachable &&
                 ++first_tries < w->cfg->broker.n_urls) {
                 continue; /* fail over to the next of broker.urls */
@@ -412,6 +429,10 @@ int warren_worker_run(warren_worker *w) {
                         &(warren__log_fields){"disconnected", w->c->queue, NULL,
                                               NULL, -1, -1},
                         "%s", w->err);
+            /* The node may be the one that went away: the next connect
+             * goes to another node of the cluster, and only if that fails
+             * does the backoff start. */
+            w->url_index = warren__url_next(w->cfg, w->url_index);
             rc = 0; /* reconnect */
         }
     }

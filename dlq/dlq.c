@@ -16,6 +16,7 @@
  */
 #include "dlq.h"
 
+#include "failover.h"
 #include "failpoint.h"
 #include "log.h"
 #include "topology.h"
@@ -141,7 +142,7 @@ int warren__dlq_open(const warren_config *cfg, const char *queue,
     q->c = c;
     snprintf(q->name, sizeof q->name, "%s", warren__dlq_name(c));
     init_amqp_pool(&q->pool, 4096);
-    int rc = warren__session_connect(cfg, 0, &q->sess, err, errlen);
+    int rc = warren__session_connect_any(cfg, 0, &q->sess, NULL, err, errlen);
     if (rc == 0) {
         rc = warren__session_queue_info(q->sess, q->name, &q->depth, NULL);
         if (rc == WARREN_ERR_NOT_FOUND) {

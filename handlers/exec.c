@@ -10,10 +10,11 @@
  * written raw into the worker's stderr; a child that stops reading cannot
  * kill the worker with SIGPIPE; the child runs in
  * its own process group with no inherited descriptors beyond 0-2 and without
- * WARREN_URL (credentials never reach handlers); past the deadline the group
- * gets SIGTERM, then SIGKILL after 2 s; and the child is always reaped.
- * Exit 0 acks, 75 retries, 65 dead-letters, anything else retries; the
- * last line of stderr (at most 1 KiB) is the reason when it does not ack.
+ * WARREN_URL and WARREN_BROKER_PASSWORD (credentials never reach handlers);
+ * past the deadline the group gets SIGTERM, then SIGKILL after 2 s; and the
+ * child is always reaped. Exit 0 acks, 75 retries, 65 dead-letters, anything
+ * else retries; the last line of stderr (at most 1 KiB) is the reason when it
+ * does not ack.
  */
 #include "handler.h"
 
@@ -59,8 +60,13 @@ typedef struct {
  * a stale value from the worker's own environment never leaks through. */
 static const char *const own_vars[] = {
     "WARREN_URL", /* dropped and never set: it carries credentials */
-    "WARREN_MESSAGE_ID",  "WARREN_ATTEMPT",      "WARREN_QUEUE",
-    "WARREN_ROUTING_KEY", "WARREN_CONTENT_TYPE", "WARREN_CORRELATION_ID",
+    "WARREN_BROKER_PASSWORD", /* the same */
+    "WARREN_MESSAGE_ID",
+    "WARREN_ATTEMPT",
+    "WARREN_QUEUE",
+    "WARREN_ROUTING_KEY",
+    "WARREN_CONTENT_TYPE",
+    "WARREN_CORRELATION_ID",
     "WARREN_DEADLINE_MS",
 };
 #define N_OWN_VARS (sizeof own_vars / sizeof own_vars[0])

@@ -70,7 +70,10 @@ JSON
 
 # --- a running pool, debug logs, under umask 022 ----------------------------
 amqp-declare-queue --url="$WARREN_TEST_URL" -d -q "$queue" >/dev/null
-(umask 022 && WARREN_URL=$url exec "$warren" run -c "$tmp/warren.json" \
+# WARREN_BROKER_PASSWORD rides along (the URL has its own password, so it
+# changes nothing) to show it never reaches a handler either.
+(umask 022 && WARREN_URL=$url WARREN_BROKER_PASSWORD=$pass \
+    exec "$warren" run -c "$tmp/warren.json" \
     --log-level debug) </dev/null >"$tmp/run.out" 2>"$tmp/run.log" &
 run_pid=$!
 
@@ -161,9 +164,10 @@ for body in "${bodies[@]}"; do
 done
 check "handler got the bodies verbatim ($bodies_seen of $n_sent)" \
     test "$bodies_seen" -ge "$n_sent"
-env_leaks=$(cat "$tmp"/out/*.env 2>/dev/null | grep -cE "$pass|WARREN_URL")
+env_leaks=$(cat "$tmp"/out/*.env 2>/dev/null |
+    grep -cE "$pass|WARREN_URL|WARREN_BROKER_PASSWORD")
 n_env=$(find "$tmp/out" -name '*.env' | wc -l)
-check "no handler environment ($n_env) holds WARREN_URL or the password" \
+check "no handler environment ($n_env) holds WARREN_URL, WARREN_BROKER_PASSWORD or the password" \
     test "$env_leaks" -eq 0 -a "$n_env" -ge "$n_sent"
 debug_lines=$(grep -c '"level":"debug"' "$tmp/run.log")
 check "debug log written ($debug_lines debug lines) without the password" \

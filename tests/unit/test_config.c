@@ -632,6 +632,101 @@ static void test_delivery_limit_defaults_above_poison_cap(void **state) {
                            "consumers[0].delivery_limit"));
 }
 
+/* Issue 15 item 4: queue_type is "classic" (default) or "quorum"; anything
+ * else names the field and both choices. */
+static void test_queue_type_is_classic_or_quorum(void **state) {
+    (void)state;
+    warren_config *cfg = parse_ok(with_consumer("\"queue_type\":\"quorum\""));
+    assert_int_equal(cfg->consumers[0].queue_type, WARREN__QUEUE_QUORUM);
+    warren_config_free(cfg);
+    cfg = parse_ok(with_consumer("\"queue_type\":\"classic\""));
+    assert_int_equal(cfg->consumers[0].queue_type, WARREN__QUEUE_CLASSIC);
+    warren_config_free(cfg);
+    assert_string_equal(
+        parse_err(with_consumer("\"queue_type\":\"stream\"")),
+        "t.json: consumers[0].queue_type: expected one of \"classic\", "
+        "\"quorum\", got \"stream\"");
+    assert_string_equal(parse_err(with_consumer("\"queue_type\":\"Quorum\"")),
+                        "t.json: consumers[0].queue_type: expected one of "
+                        "\"classic\", \"quorum\", got \"Quorum\"");
+    assert_non_null(strstr(parse_err(with_consumer("\"queue_type\":1")),
+                           "consumers[0].queue_type: expected one of"));
+}
+
+/* broker.urls: 1 to 16 URL strings, in order, each checked like url. */
+static void test_broker_urls_list_is_checked(void **state) {
+    (void)state;
+    static const char tail[] =
+        "]},\"consumers\":[{\"queue\":\"q\",\"handler\":\"builtin:noop\"}]}";
+    char json[4096];
+    unsetenv("WARREN_URL");
+    snprintf(json, sizeof json,
+             "{\"broker\":{\"urls\":[\"amqp://n1:5672\",\"amqp://n2:5673\","
+             "\"amqps://n3:5671/v\"%s",
+             tail);
+    warren_config *cfg = parse_ok(json);
+    assert_int_equal(cfg->broker.n_urls, 3);
+    assert_string_equal(cfg->broker.urls[0], "amqp://n1:5672");
+    assert_string_equal(cfg->broker.urls[2], "amqps://n3:5671/v");
+    warren_config_free(cfg);
+    snprintf(json, sizeof json, "{\"broker\":{\"urls\":[%s", tail);
+    assert_string_equal(parse_err(json),
+                        "t.json: broker.urls: expected an array of 1 to 16 "
+                        "URL strings, got an empty array");
+    assert_string_equal(parse_err("{\"broker\":{\"urls\":\"amqp://a\"},"
+                                  "\"consumers\":[{\"queue\":\"q\","
+                                  "\"handler\":\"builtin:noop\"}]}"),
+                        "t.json: broker.urls: expected an array of 1 to 16 "
+                        "URL strings, got \"amqp://a\"");
+    size_t o = (size_t)snprintf(json, sizeof json, "{\"broker\":{\"urls\":[");
+    for (int i = 0; i < 17; i++) {
+        o += (size_t)snprintf(json + o, sizeof json - o, "%s\"amqp://n%d\"",
+                              i ? "," : "", i);
+    }
+    snprintf(json + o, sizeof json - o, "%s", tail);
+    assert_string_equal(parse_err(json),
+                        "t.json: broker.urls: expected an array of 1 to 16 "
+                        "URL strings, got 17 entries");
+    snprintf(json, sizeof json, "{\"broker\":{\"urls\":[\"amqp://a\",7%s",
+             tail);
+    assert_non_null(
+        strstr(parse_err(json), "t.json: broker.urls[1]: expected"));
+}
+
+/* WARREN_BROKER_PASSWORD fills in the password of every URL that names a
+ * user without one (percent-encoded), leaves the others alone, and is
+ * checked like a URL part. */
+static void test_broker_password_env_fills_urls_with_a_user(void **state) {
+    (void)state;
+    static const char json[] =
+        "{\"broker\":{\"urls\":[\"amqp://orders@n1:5672/v\",\"amqp://n2\","
+        "\"amqp://u:own@n3\",\"amqps://orders@n4:5671\"]},"
+        "\"consumers\":[{\"queue\":\"q\",\"handler\":\"builtin:noop\"}]}";
+    unsetenv("WARREN_URL");
+    setenv("WARREN_BROKER_PASSWORD", "p@ss w:rd/1", 1);
+    warren_config *cfg = parse_ok(json);
+    assert_string_equal(cfg->broker.urls[0],
+                        "amqp://orders:p%40ss%20w%3Ard%2F1@n1:5672/v");
+    assert_string_equal(cfg->broker.urls[1], "amqp://n2");
+    assert_string_equal(cfg->broker.urls[2], "amqp://u:own@n3");
+    assert_string_equal(cfg->broker.urls[3],
+                        "amqps://orders:p%40ss%20w%3Ard%2F1@n4:5671");
+    warren_config_free(cfg);
+    /* WARREN_URL without a password gets it too. */
+    setenv("WARREN_URL", "amqp://env@e:5672/%2f", 1);
+    cfg = parse_ok(json);
+    assert_string_equal(cfg->broker.urls[0],
+                        "amqp://env:p%40ss%20w%3Ard%2F1@e:5672/%2f");
+    warren_config_free(cfg);
+    unsetenv("WARREN_URL");
+    setenv("WARREN_BROKER_PASSWORD", "bad\npw", 1);
+    const char *err = parse_err(json);
+    assert_non_null(strstr(err, "t.json: WARREN_BROKER_PASSWORD: expected a "
+                                "password without control characters"));
+    assert_null(strstr(err, "bad"));
+    unsetenv("WARREN_BROKER_PASSWORD");
+}
+
 /* Issue 14 section 2: breaker.fallback takes any handler kind, is checked
  * like "handler", and is absent (NULL: pause) by default. */
 static void test_breaker_fallback_is_read_and_checked(void **state) {
@@ -728,6 +823,9 @@ int main(void) {
         cmocka_unit_test(test_readable_config_with_password_logs_warning),
         cmocka_unit_test(test_mutated_inputs_never_crash),
         cmocka_unit_test(test_delivery_limit_defaults_above_poison_cap),
+        cmocka_unit_test(test_queue_type_is_classic_or_quorum),
+        cmocka_unit_test(test_broker_urls_list_is_checked),
+        cmocka_unit_test(test_broker_password_env_fills_urls_with_a_user),
         cmocka_unit_test(test_breaker_fallback_is_read_and_checked),
         cmocka_unit_test(test_retry_jitter_style_and_budget_are_read),
     };

@@ -415,6 +415,53 @@ static void test_dlq_name_defaults_to_queue_dot_dlq(void **state) {
     assert_string_equal(warren__dlq_name(&cfg), "orders.dlq");
 }
 
+/* PRECONDITION_FAILED on a queue: the hint says when the existing queue's
+ * type is probably not the consumer's queue_type, from which side lacks
+ * the argument the broker names. */
+static void test_precondition_hint_tells_type_mismatch(void **state) {
+    (void)state;
+    char hint[1024];
+    cfg.queue_type = WARREN__QUEUE_QUORUM;
+    int n = warren__topology_plan(&cfg, ops, WARREN__TOPO_MAX_OPS);
+    const warren__topo_op *q = find(n, WARREN__OP_QUEUE, "orders", NULL);
+    assert_non_null(q);
+    warren__topology_precondition_hint(
+        q,
+        "406 PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange' "
+        "for queue 'orders' in vhost '/': received the value '' of type "
+        "'longstr' but current is none",
+        hint, sizeof hint);
+    assert_non_null(strstr(hint, "probably a classic queue"));
+    assert_non_null(strstr(hint, "'x-dead-letter-exchange'"));
+    assert_non_null(strstr(hint, "cannot change in place"));
+    /* Quorum on both sides, another limit: the general advice. */
+    warren__topology_precondition_hint(
+        q,
+        "406 PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for "
+        "queue 'orders' in vhost '/': received the value '1009' of type "
+        "'signedint' but current is the value '9' of type 'signedint'",
+        hint, sizeof hint);
+    assert_null(strstr(hint, "probably"));
+    assert_non_null(strstr(hint, "already exists with other arguments"));
+
+    cfg.queue_type = WARREN__QUEUE_CLASSIC;
+    n = warren__topology_plan(&cfg, ops, WARREN__TOPO_MAX_OPS);
+    q = find(n, WARREN__OP_QUEUE, "orders", NULL);
+    assert_non_null(q);
+    warren__topology_precondition_hint(
+        q,
+        "406 PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange' "
+        "for queue 'orders' in vhost '/': received none but current is the "
+        "value '' of type 'longstr'",
+        hint, sizeof hint);
+    assert_non_null(strstr(hint, "probably a quorum queue"));
+    assert_non_null(strstr(hint, "\"queue_type\": \"quorum\""));
+    /* Bounded: a small buffer is cut, never overrun. */
+    char small[16];
+    warren__topology_precondition_hint(q, "x", small, sizeof small);
+    assert_int_equal(strlen(small), sizeof small - 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(
@@ -440,6 +487,8 @@ int main(void) {
         cmocka_unit_test_setup(test_plan_refuses_small_capacity_and_bad_names,
                                setup),
         cmocka_unit_test_setup(test_dlq_name_defaults_to_queue_dot_dlq, setup),
+        cmocka_unit_test_setup(test_precondition_hint_tells_type_mismatch,
+                               setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,8 @@
  * outside it only, like an exec handler's); PROBE_ROLLBACK_ID makes that id, on
  * its first attempt, run SQL that rolls back the whole transaction (INSERT OR
  * ROLLBACK on a conflict) and return ACK anyway, as a careless handler would.
+ * PROBE_RETRY_EVERY=N makes ids whose number (after the last '-') is a
+ * multiple of N return RETRY on their first attempt, before any effect.
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -60,6 +62,15 @@ warren_result probe(const warren_msg *msg, warren_ctx *ctx, void *user) {
     if (id == NULL) {
         warren_ctx_set_error(ctx, "probe: needs a message id");
         return WARREN_DEAD;
+    }
+    const char *every = getenv("PROBE_RETRY_EVERY");
+    const char *dash = strrchr(id, '-');
+    if (every && dash && warren_msg_attempt(msg) == 1) {
+        long e = strtol(every, NULL, 10);
+        if (e > 0 && strtol(dash + 1, NULL, 10) % e == 0) {
+            warren_ctx_set_error(ctx, "probe: retry once");
+            return WARREN_RETRY;
+        }
     }
     const char *prefix = getenv("PROBE_SLOW_PREFIX");
     const char *ms = getenv("PROBE_SLOW_MS");

@@ -181,6 +181,10 @@ double itest_scale(void) {
 }
 
 amqp_connection_state_t itest_connect(void) {
+    return itest_connect_url(itest_url());
+}
+
+amqp_connection_state_t itest_connect_url(const char *url_in) {
     char url[1024];
     struct amqp_connection_info ci;
     amqp_connection_state_t conn;
@@ -193,13 +197,12 @@ amqp_connection_state_t itest_connect(void) {
     conn_state *slot = NULL;
     int rc;
 
-    if ((size_t)snprintf(url, sizeof url, "%s", itest_url()) >= sizeof url) {
-        fail_msg("itest: WARREN_TEST_URL is longer than %zu bytes",
-                 sizeof url - 1);
+    if ((size_t)snprintf(url, sizeof url, "%s", url_in) >= sizeof url) {
+        fail_msg("itest: broker URL is longer than %zu bytes", sizeof url - 1);
     }
     amqp_default_connection_info(&ci);
     if (amqp_parse_url(url, &ci) != AMQP_STATUS_OK) {
-        fail_msg("itest: WARREN_TEST_URL is not an AMQP URL");
+        fail_msg("itest: broker URL is not an AMQP URL");
     }
     if (ci.ssl) {
         fail_msg("itest: only amqp:// URLs are supported by the test client");

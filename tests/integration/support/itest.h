@@ -31,6 +31,9 @@ double itest_scale(void);
  */
 amqp_connection_state_t itest_connect(void);
 
+/* The same to another broker (a node of a test cluster, say). */
+amqp_connection_state_t itest_connect_url(const char *url);
+
 /* Closes and frees; tolerates NULL and a connection the broker dropped. */
 void itest_disconnect(amqp_connection_state_t conn);
 
