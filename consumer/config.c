@@ -527,7 +527,7 @@ static void add_broker_password(parser *p, warren_config *cfg) {
     enc[e] = '\0';
     for (int i = 0; i < cfg->broker.n_urls && p->rc == 0; i++) {
         const char *url = cfg->broker.urls[i];
-        const char *auth = strstr(url, "://");
+        const char *auth = url != NULL ? strstr(url, "://") : NULL;
         const char *end, *at = NULL;
         char why[160];
         if (auth == NULL) {
