@@ -395,16 +395,16 @@ static int do_import(opts *o) {
     ssize_t n;
     long lineno = 0, imported = 0, skipped = 0;
     int rc = 0, bad_stop = 0;
-    amqp_pool_t pool;
+    warren__arena pool;
     const char *to = o->to ? o->to : warren__dlq_name_of(o->q);
     if (fp == NULL) {
         cli_error("import: cannot open %s: %s", o->in, strerror(errno));
         return EXIT_USAGE;
     }
-    init_amqp_pool(&pool, 16384);
+    warren__arena_init(&pool, 16384);
     while ((n = getline(&line, &cap, fp)) != -1) {
         char err[512];
-        amqp_basic_properties_t p;
+        warren__props p;
         uint8_t *body;
         size_t len;
         lineno++;
@@ -414,7 +414,7 @@ static int do_import(opts *o) {
         if (n == 0) {
             continue;
         }
-        recycle_amqp_pool(&pool);
+        warren__arena_recycle(&pool);
         if (warren__dlq_from_json(line, (size_t)n, &pool, &p, &body, &len, err,
                                   sizeof err) != 0) {
             cli_error("%s:%ld: %s", o->in, lineno, err);
@@ -437,7 +437,7 @@ static int do_import(opts *o) {
     }
     free(line);
     fclose(fp);
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
     if (rc != 0) {
         cli_error("import: %s (messages not confirmed may or may not be in "
                   "%s)",

@@ -190,38 +190,34 @@ static void restore_route(warren__delivery *d) {
  * still decides (apply_claims()). */
 static void xdeath_attempt(warren_worker *w, const struct warren_msg *m,
                            item *it) {
-    const amqp_field_value_t *xd = warren__table_find(m->headers, "x-death");
-    if (xd == NULL || xd->kind != AMQP_FIELD_KIND_ARRAY) {
+    const warren__field *xd = warren__table_find(m->headers, "x-death");
+    if (xd == NULL || xd->kind != WARREN__FIELD_ARRAY) {
         return;
     }
     size_t qlen = strlen(w->c->queue);
     for (int i = 0; i < xd->value.array.num_entries; i++) {
-        const amqp_field_value_t *e = &xd->value.array.entries[i];
-        if (e->kind != AMQP_FIELD_KIND_TABLE) {
+        const warren__field *e = &xd->value.array.entries[i];
+        if (e->kind != WARREN__FIELD_TABLE) {
             continue;
         }
-        const amqp_field_value_t *q =
-            warren__table_find(&e->value.table, "queue");
-        const amqp_field_value_t *r =
-            warren__table_find(&e->value.table, "reason");
-        const amqp_field_value_t *c =
-            warren__table_find(&e->value.table, "count");
-        const amqp_field_value_t *t =
-            warren__table_find(&e->value.table, "time");
-        if (q == NULL || q->kind != AMQP_FIELD_KIND_UTF8 ||
+        const warren__field *q = warren__table_find(&e->value.table, "queue");
+        const warren__field *r = warren__table_find(&e->value.table, "reason");
+        const warren__field *c = warren__table_find(&e->value.table, "count");
+        const warren__field *t = warren__table_find(&e->value.table, "time");
+        if (q == NULL || q->kind != WARREN__FIELD_UTF8 ||
             q->value.bytes.len != qlen ||
             memcmp(q->value.bytes.bytes, w->c->queue, qlen) != 0 || r == NULL ||
-            r->kind != AMQP_FIELD_KIND_UTF8 || r->value.bytes.len != 8 ||
+            r->kind != WARREN__FIELD_UTF8 || r->value.bytes.len != 8 ||
             memcmp(r->value.bytes.bytes, "rejected", 8) != 0 || c == NULL) {
             continue;
         }
-        int64_t n = c->kind == AMQP_FIELD_KIND_I64   ? c->value.i64
-                    : c->kind == AMQP_FIELD_KIND_I32 ? c->value.i32
-                                                     : 0;
+        int64_t n = c->kind == WARREN__FIELD_I64   ? c->value.i64
+                    : c->kind == WARREN__FIELD_I32 ? c->value.i32
+                                                   : 0;
         if (n >= 1 && n < 1000000 && n + 1 > it->attempt) {
             it->attempt = (int)n + 1;
         }
-        if (t != NULL && t->kind == AMQP_FIELD_KIND_TIMESTAMP &&
+        if (t != NULL && t->kind == WARREN__FIELD_TIMESTAMP &&
             t->value.u64 > 0 && t->value.u64 < (uint64_t)INT64_MAX / 1000 &&
             (it->first_failed_at_ms == 0 ||
              (int64_t)t->value.u64 * 1000 < it->first_failed_at_ms)) {
@@ -281,8 +277,8 @@ static int classify(warren_worker *w, const warren__batch *b, int n,
             }
         } else if (w->store == NULL) {
             it->id[0] = '\0';
-            if (m->amqp_message_id) {
-                snprintf(it->id, sizeof it->id, "%s", m->amqp_message_id);
+            if (m->message_id_prop) {
+                snprintf(it->id, sizeof it->id, "%s", m->message_id_prop);
             }
             continue;
         } else {

@@ -21,14 +21,14 @@
 #define DEFER_DELAY_MS 1000
 
 void warren__worker_copies_init(warren_worker *w) {
-    init_amqp_pool(&w->pool, 16384);
+    warren__arena_init(&w->pool, 16384);
 }
 
 void warren__worker_copies_fini(warren_worker *w) {
-    empty_amqp_pool(&w->pool);
+    warren__arena_empty(&w->pool);
 }
 
-static int is_stripped_header(amqp_bytes_t key) {
+static int is_stripped_header(warren__bytes key) {
     static const char *exact[] = {
         "x-warren-attempt",         "x-warren-error",
         "x-warren-queue",           "x-warren-exchange",
@@ -52,26 +52,26 @@ static int is_stripped_header(amqp_bytes_t key) {
 }
 
 typedef struct {
-    amqp_table_entry_t *e;
+    warren__table_entry *e;
     int n, cap;
-    amqp_pool_t *pool;
+    warren__arena *pool;
 } table_builder;
 
-static amqp_table_entry_t *tb_add(table_builder *tb, const char *key) {
+static warren__table_entry *tb_add(table_builder *tb, const char *key) {
     if (tb->n == tb->cap) {
         return NULL;
     }
-    amqp_table_entry_t *e = &tb->e[tb->n++];
-    e->key = amqp_cstring_bytes(key);
+    warren__table_entry *e = &tb->e[tb->n++];
+    e->key = warren__cstr_bytes(key);
     return e;
 }
 
 static void tb_str(table_builder *tb, const char *key, const char *val) {
-    amqp_table_entry_t *e = tb_add(tb, key);
+    warren__table_entry *e = tb_add(tb, key);
     if (e) {
-        amqp_bytes_t b;
+        warren__bytes b;
         size_t len = strlen(val);
-        amqp_pool_alloc_bytes(tb->pool, len, &b);
+        warren__arena_alloc_bytes(tb->pool, len, &b);
         if (b.bytes == NULL && len > 0) {
             tb->n--;
             return;
@@ -79,15 +79,15 @@ static void tb_str(table_builder *tb, const char *key, const char *val) {
         if (len > 0) {
             memcpy(b.bytes, val, len); /* an empty value has no buffer */
         }
-        e->value.kind = AMQP_FIELD_KIND_UTF8;
+        e->value.kind = WARREN__FIELD_UTF8;
         e->value.value.bytes = b;
     }
 }
 
 static void tb_int(table_builder *tb, const char *key, int64_t val) {
-    amqp_table_entry_t *e = tb_add(tb, key);
+    warren__table_entry *e = tb_add(tb, key);
     if (e) {
-        e->value.kind = AMQP_FIELD_KIND_I64;
+        e->value.kind = WARREN__FIELD_I64;
         e->value.value.i64 = val;
     }
 }
@@ -95,12 +95,12 @@ static void tb_int(table_builder *tb, const char *key, int64_t val) {
 /* Starts a copy's header table from the original's, minus warren's own
  * failure headers and the broker's death records, so headers never grow
  * across retries. */
-static int tb_init(table_builder *tb, amqp_pool_t *pool,
-                   const amqp_table_t *orig, int extra) {
+static int tb_init(table_builder *tb, warren__arena *pool,
+                   const warren__table *orig, int extra) {
     tb->pool = pool;
     tb->cap = orig->num_entries + extra;
     tb->n = 0;
-    tb->e = amqp_pool_alloc(pool, sizeof *tb->e * (size_t)(tb->cap + 1));
+    tb->e = warren__arena_alloc(pool, sizeof *tb->e * (size_t)(tb->cap + 1));
     if (tb->e == NULL) {
         return WARREN_ERR_NOMEM;
     }
@@ -120,51 +120,42 @@ static int tb_init(table_builder *tb, amqp_pool_t *pool,
  * without saying why. */
 static size_t error_budget(warren_worker *w, const warren__delivery *d) {
     const struct warren_msg *m = &d->msg;
-    const amqp_basic_properties_t *p = m->props;
+    const warren__props *p = m->props;
     size_t frame = warren__session_frame_max(w->sess);
     /* frame header and end (8); class, weight, body size, flags (14);
      * delivery mode, priority, timestamp at most (10) */
     size_t used = 8 + 14 + 10;
     const struct {
-        amqp_flags_t flag;
-        const amqp_bytes_t *b;
-    } strs[] = {{AMQP_BASIC_CONTENT_TYPE_FLAG, &p->content_type},
-                {AMQP_BASIC_CONTENT_ENCODING_FLAG, &p->content_encoding},
-                {AMQP_BASIC_CORRELATION_ID_FLAG, &p->correlation_id},
-                {AMQP_BASIC_REPLY_TO_FLAG, &p->reply_to},
-                {AMQP_BASIC_MESSAGE_ID_FLAG, &p->message_id},
-                {AMQP_BASIC_TYPE_FLAG, &p->type},
-                {AMQP_BASIC_USER_ID_FLAG, &p->user_id},
-                {AMQP_BASIC_APP_ID_FLAG, &p->app_id},
-                {AMQP_BASIC_CLUSTER_ID_FLAG, &p->cluster_id}};
+        uint32_t flag;
+        const warren__bytes *b;
+    } strs[] = {{WARREN__PROP_CONTENT_TYPE, &p->content_type},
+                {WARREN__PROP_CONTENT_ENCODING, &p->content_encoding},
+                {WARREN__PROP_CORRELATION_ID, &p->correlation_id},
+                {WARREN__PROP_REPLY_TO, &p->reply_to},
+                {WARREN__PROP_MESSAGE_ID, &p->message_id},
+                {WARREN__PROP_TYPE, &p->type},
+                {WARREN__PROP_USER_ID, &p->user_id},
+                {WARREN__PROP_APP_ID, &p->app_id},
+                {WARREN__PROP_CLUSTER_ID, &p->cluster_id}};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
-        if (p->_flags & strs[i].flag) {
+        if (p->flags & strs[i].flag) {
             used += 1 + strs[i].b->len;
         }
     }
     /* The original headers the copy keeps, encoded as they will be. */
     int n = m->headers->num_entries;
-    amqp_table_entry_t *kept =
-        amqp_pool_alloc(&w->pool, sizeof *kept * (size_t)(n > 0 ? n : 1));
-    if (w->hdr_scratch_len < frame) {
-        /* One frame-sized buffer for the worker's life: this runs for
-         * every failed message, and a malloc of 128 KiB is an mmap. */
-        free(w->hdr_scratch);
-        w->hdr_scratch = malloc(frame);
-        w->hdr_scratch_len = w->hdr_scratch ? frame : 0;
-    }
-    uint8_t *scratch = w->hdr_scratch;
+    warren__table_entry *kept =
+        warren__arena_alloc(&w->pool, sizeof *kept * (size_t)(n > 0 ? n : 1));
     size_t off = 0;
-    int ok = kept != NULL && scratch != NULL;
+    int ok = kept != NULL;
     if (ok) {
-        amqp_table_t t = {0, kept};
+        warren__table t = {0, kept};
         for (int i = 0; i < n; i++) {
             if (!is_stripped_header(m->headers->entries[i].key)) {
                 kept[t.num_entries++] = m->headers->entries[i];
             }
         }
-        amqp_bytes_t buf = {frame, scratch};
-        ok = amqp_encode_table(buf, &t, &off) == AMQP_STATUS_OK;
+        ok = warren__session_table_len(w->sess, &t, &off) == 0;
     }
     if (!ok) {
         return 0; /* does not fit a frame at all, or out of memory */
@@ -181,12 +172,11 @@ static size_t error_budget(warren_worker *w, const warren__delivery *d) {
     return room < WARREN__ERROR_MAX ? room : WARREN__ERROR_MAX;
 }
 
-static void copy_props(amqp_basic_properties_t *p,
-                       const amqp_basic_properties_t *orig,
+static void copy_props(warren__props *p, const warren__props *orig,
                        const table_builder *tb) {
     *p = *orig;
-    p->_flags &= ~AMQP_BASIC_EXPIRATION_FLAG;
-    p->_flags |= AMQP_BASIC_HEADERS_FLAG;
+    p->flags &= ~WARREN__PROP_EXPIRATION;
+    p->flags |= WARREN__PROP_HEADERS;
     p->headers.num_entries = tb->n;
     p->headers.entries = tb->e;
 }
@@ -203,7 +193,7 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
                          int next_attempt, uint32_t delay_ms) {
     table_builder tb;
     char ex[WARREN__NAME_MAX], rk[WARREN__NAME_MAX + 64];
-    amqp_basic_properties_t p;
+    warren__props p;
     const struct warren_msg *m = &d->msg;
     if (d->body_lost) {
         return BODY_LOST;
@@ -238,7 +228,7 @@ static int publish_retry(warren_worker *w, warren__delivery *d, item *it,
 
 static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
     table_builder tb;
-    amqp_basic_properties_t p;
+    warren__props p;
     const struct warren_msg *m = &d->msg;
     if (d->body_lost) {
         return BODY_LOST;
@@ -248,7 +238,7 @@ static int publish_dead(warren_worker *w, warren__delivery *d, item *it) {
     /* Original headers that leave no room for warren's own in one frame
      * are dropped from the copy, and the reason says so: a copy that can
      * never be published would requeue its original forever. */
-    static const amqp_table_t no_headers = {0, NULL};
+    static const warren__table no_headers = {0, NULL};
     int drop = budget == 0;
     if (tb_init(&tb, &w->pool, drop ? &no_headers : m->headers, 10) != 0) {
         return WARREN_ERR_NOMEM;
@@ -301,7 +291,7 @@ int warren__worker_publish_copies(warren_worker *w, const warren__batch *b,
                                   int n) {
     int any = 0, rc = 0;
     int republish = w->c->retry.mode == WARREN__RETRY_REPUBLISH;
-    recycle_amqp_pool(&w->pool);
+    warren__arena_recycle(&w->pool);
     for (int i = 0; i < n && rc == 0; i++) {
         item *it = &b->items[i];
         warren__delivery *d = &b->slots[i];

@@ -1,6 +1,6 @@
 /*
  * msg.c - the handler's read-only view of a delivery: properties, body and
- * typed header lookup over rabbitmq-c's field table.
+ * typed header lookup over warren's field table (props.h).
  *
  * Every accessor tolerates a NULL message (returning NULL, 0 or an error)
  * so a buggy plugin gets an error instead of a crash. Header values are
@@ -12,55 +12,37 @@
 #include <stdint.h>
 #include <string.h>
 
-const amqp_field_value_t *warren__table_find(const amqp_table_t *t,
-                                             const char *name) {
-    if (t == NULL || name == NULL || t->entries == NULL) {
-        return NULL;
-    }
-    size_t n = strlen(name);
-    for (int i = 0; i < t->num_entries; i++) {
-        const amqp_bytes_t *k = &t->entries[i].key;
-        /* Keys are length-counted, not NUL-terminated: compare lengths
-         * first so "ab" never matches a lookup of "a". First match wins,
-         * as with the broker's own duplicate-key handling. */
-        if (k->len == n && (n == 0 || memcmp(k->bytes, name, n) == 0)) {
-            return &t->entries[i].value;
-        }
-    }
-    return NULL;
-}
-
-static const amqp_field_value_t *find(const warren_msg *msg, const char *name) {
+static const warren__field *find(const warren_msg *msg, const char *name) {
     return msg ? warren__table_find(msg->headers, name) : NULL;
 }
 
 /* Classifies `v` and, for integers and timestamps, stores the value. */
-static warren_hdr_type classify(const amqp_field_value_t *v, int64_t *num) {
+static warren_hdr_type classify(const warren__field *v, int64_t *num) {
     int64_t i = 0;
     warren_hdr_type t = WARREN_HDR_INT;
     switch (v->kind) {
-    case AMQP_FIELD_KIND_I8:
+    case WARREN__FIELD_I8:
         i = v->value.i8;
         break;
-    case AMQP_FIELD_KIND_U8:
+    case WARREN__FIELD_U8:
         i = v->value.u8;
         break;
-    case AMQP_FIELD_KIND_I16:
+    case WARREN__FIELD_I16:
         i = v->value.i16;
         break;
-    case AMQP_FIELD_KIND_U16:
+    case WARREN__FIELD_U16:
         i = v->value.u16;
         break;
-    case AMQP_FIELD_KIND_I32:
+    case WARREN__FIELD_I32:
         i = v->value.i32;
         break;
-    case AMQP_FIELD_KIND_U32:
+    case WARREN__FIELD_U32:
         i = v->value.u32;
         break;
-    case AMQP_FIELD_KIND_I64:
+    case WARREN__FIELD_I64:
         i = v->value.i64;
         break;
-    case AMQP_FIELD_KIND_U64:
+    case WARREN__FIELD_U64:
         /* Above INT64_MAX the value cannot be returned as int64 without
          * changing it, so it is reported as something else entirely. */
         if (v->value.u64 > (uint64_t)INT64_MAX) {
@@ -68,21 +50,21 @@ static warren_hdr_type classify(const amqp_field_value_t *v, int64_t *num) {
         }
         i = (int64_t)v->value.u64;
         break;
-    case AMQP_FIELD_KIND_TIMESTAMP:
+    case WARREN__FIELD_TIMESTAMP:
         if (v->value.u64 > (uint64_t)INT64_MAX) {
             return WARREN_HDR_OTHER;
         }
         i = (int64_t)v->value.u64;
         t = WARREN_HDR_TIMESTAMP;
         break;
-    case AMQP_FIELD_KIND_F32:
-    case AMQP_FIELD_KIND_F64:
+    case WARREN__FIELD_F32:
+    case WARREN__FIELD_F64:
         return WARREN_HDR_DOUBLE;
-    case AMQP_FIELD_KIND_BOOLEAN:
+    case WARREN__FIELD_BOOLEAN:
         return WARREN_HDR_BOOL;
-    case AMQP_FIELD_KIND_UTF8:
+    case WARREN__FIELD_UTF8:
         return WARREN_HDR_STRING;
-    case AMQP_FIELD_KIND_BYTES:
+    case WARREN__FIELD_BYTES:
         return WARREN_HDR_BYTES;
     default: /* table, array, decimal, void, and kinds from the future */
         return WARREN_HDR_OTHER;
@@ -140,13 +122,13 @@ int warren_msg_redelivered(const warren_msg *msg) {
 
 warren_hdr_type warren_msg_header_type(const warren_msg *msg,
                                        const char *name) {
-    const amqp_field_value_t *v = find(msg, name);
+    const warren__field *v = find(msg, name);
     return v ? classify(v, NULL) : WARREN_HDR_NONE;
 }
 
 int warren_msg_header_str(const warren_msg *msg, const char *name,
                           const char **val, size_t *len) {
-    const amqp_field_value_t *v = find(msg, name);
+    const warren__field *v = find(msg, name);
     if (v == NULL) {
         return WARREN_ERR_NOT_FOUND;
     }
@@ -167,7 +149,7 @@ int warren_msg_header_str(const warren_msg *msg, const char *name,
 
 int warren_msg_header_int(const warren_msg *msg, const char *name,
                           int64_t *out) {
-    const amqp_field_value_t *v = find(msg, name);
+    const warren__field *v = find(msg, name);
     int64_t i = 0;
     if (v == NULL) {
         return WARREN_ERR_NOT_FOUND;
@@ -184,7 +166,7 @@ int warren_msg_header_int(const warren_msg *msg, const char *name,
 
 int warren_msg_header_double(const warren_msg *msg, const char *name,
                              double *out) {
-    const amqp_field_value_t *v = find(msg, name);
+    const warren__field *v = find(msg, name);
     if (v == NULL) {
         return WARREN_ERR_NOT_FOUND;
     }
@@ -192,14 +174,14 @@ int warren_msg_header_double(const warren_msg *msg, const char *name,
         return WARREN_ERR_INVAL;
     }
     if (out) {
-        *out = v->kind == AMQP_FIELD_KIND_F32 ? (double)v->value.f32
-                                              : v->value.f64;
+        *out =
+            v->kind == WARREN__FIELD_F32 ? (double)v->value.f32 : v->value.f64;
     }
     return 0;
 }
 
 int warren_msg_header_bool(const warren_msg *msg, const char *name, int *out) {
-    const amqp_field_value_t *v = find(msg, name);
+    const warren__field *v = find(msg, name);
     if (v == NULL) {
         return WARREN_ERR_NOT_FOUND;
     }

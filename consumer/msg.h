@@ -9,9 +9,9 @@
 #ifndef WARREN_MSG_H
 #define WARREN_MSG_H
 
+#include "props.h"
 #include "warren.h"
 
-#include <amqp.h>
 #include <stdint.h>
 
 struct warren_msg {
@@ -20,7 +20,7 @@ struct warren_msg {
     const char *routing_key;
     const char *content_type;    /* NULL if absent */
     const char *correlation_id;  /* NULL if absent */
-    const char *amqp_message_id; /* the message_id property, NULL if absent */
+    const char *message_id_prop; /* the message_id property, NULL if absent */
     const char *id;              /* the dedup id; NULL when running without */
     const uint8_t *body;         /* never NULL */
     size_t body_len;
@@ -28,12 +28,8 @@ struct warren_msg {
     int attempt;
     int redelivered;
     uint64_t delivery_tag;
-    amqp_basic_properties_t *props; /* full properties, for copies */
-    const amqp_table_t *headers;    /* never NULL (empty table) */
+    const warren__props *props;   /* full properties, for copies */
+    const warren__table *headers; /* never NULL (empty table) */
 };
-
-/* Finds header `name` in `t`; NULL if absent. */
-const amqp_field_value_t *warren__table_find(const amqp_table_t *t,
-                                             const char *name);
 
 #endif /* WARREN_MSG_H */

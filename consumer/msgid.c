@@ -114,16 +114,16 @@ static int accept_id(const char *id, size_t len, char *out, char *why,
 
 static int from_property(const struct warren_msg *msg, char *out, char *why,
                          size_t whylen) {
-    const char *id = msg->amqp_message_id;
+    const char *id = msg->message_id_prop;
     size_t len = id ? strlen(id) : 0;
     if (id == NULL) {
         snprintf(why, whylen, "no message_id property");
         return 0;
     }
-    /* amqp_message_id is a C string and ends at the first NUL byte: take
+    /* message_id_prop is a C string and ends at the first NUL byte: take
      * the property's counted bytes instead, so "a\0b" is refused rather
      * than becoming the id "a" (and colliding with a real "a"). */
-    if (msg->props && (msg->props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+    if (msg->props && (msg->props->flags & WARREN__PROP_MESSAGE_ID)) {
         len = msg->props->message_id.len;
         id = len ? (const char *)msg->props->message_id.bytes : "";
     }

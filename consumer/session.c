@@ -9,10 +9,13 @@
  * confirms, basic.return marks the batch's publishes failed, cancels and
  * closes make the session broken with the broker's own words kept.
  * Nothing here retries: the worker decides what a failure means.
+ * Properties and header tables cross this seam in warren's own types
+ * (props.h); session_amqp.c converts them.
  */
 #include "session.h"
 
 #include "log.h"
+#include "session_amqp.h"
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
@@ -52,6 +55,13 @@ struct warren__session {
     size_t n_unconfirmed, cap_unconfirmed;
     int publish_failed;
     char publish_err[256];
+    /* rabbitmq-c's form of the properties being published (or of a table
+     * being measured), and the frame-sized buffer tables are measured in:
+     * one for the session's life, since a failed message is measured each
+     * time and a malloc of 128 KiB is an mmap */
+    warren__arena pub_arena;
+    uint8_t *enc_buf;
+    size_t enc_len;
 
     /* deliveries read while the caller waited for something else */
     warren__delivery *pending_head, *pending_tail, *free_list;
@@ -525,6 +535,8 @@ void warren__session_free(warren__session *s) {
     free_list(s->pending_head);
     free_list(s->free_list);
     free(s->unconfirmed);
+    warren__arena_empty(&s->pub_arena);
+    free(s->enc_buf);
     free(s);
 }
 
@@ -552,77 +564,43 @@ void warren__delivery_free(warren__delivery *d) {
     d->body = NULL;
     d->body_cap = 0;
     if (d->pool_ready) {
-        empty_amqp_pool(&d->pool);
+        warren__arena_empty(&d->pool);
         d->pool_ready = 0;
     }
 }
 
-static int copy_bytes(amqp_pool_t *pool, amqp_bytes_t *b) {
-    amqp_bytes_t src = *b;
-    if (src.len == 0) {
-        return 0;
-    }
-    amqp_pool_alloc_bytes(pool, src.len, b);
-    if (b->bytes == NULL) {
-        return WARREN_ERR_NOMEM;
-    }
-    memcpy(b->bytes, src.bytes, src.len);
-    return 0;
-}
-
-/* Deep-copies the decoded properties into the delivery's own pool, so the
- * connection's frame memory can be released right after reading. */
+/* Deep-copies the decoded properties into the delivery's own arena, in
+ * warren's types, so the connection's frame memory can be released right
+ * after reading. */
 static int copy_props(warren__delivery *d, const amqp_basic_properties_t *p) {
-    static const amqp_table_t empty = {0, NULL};
-    amqp_basic_properties_t *q = &d->props;
     if (!d->pool_ready) {
-        init_amqp_pool(&d->pool, 4096);
+        warren__arena_init(&d->pool, 4096);
         d->pool_ready = 1;
     } else {
-        recycle_amqp_pool(&d->pool);
+        warren__arena_recycle(&d->pool);
     }
-    *q = *p;
-    q->headers = empty;
-    if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
-        amqp_table_clone(&p->headers, &q->headers, &d->pool) != 0) {
+    if (warren__amqp_props_import(p, &d->props, &d->pool) != 0) {
         return WARREN_ERR_NOMEM;
-    }
-    /* Only fields whose flag is set hold anything; the rest is garbage. */
-    struct {
-        amqp_flags_t flag;
-        amqp_bytes_t *b;
-    } fields[] = {{AMQP_BASIC_CONTENT_TYPE_FLAG, &q->content_type},
-                  {AMQP_BASIC_CONTENT_ENCODING_FLAG, &q->content_encoding},
-                  {AMQP_BASIC_CORRELATION_ID_FLAG, &q->correlation_id},
-                  {AMQP_BASIC_REPLY_TO_FLAG, &q->reply_to},
-                  {AMQP_BASIC_EXPIRATION_FLAG, &q->expiration},
-                  {AMQP_BASIC_MESSAGE_ID_FLAG, &q->message_id},
-                  {AMQP_BASIC_TYPE_FLAG, &q->type},
-                  {AMQP_BASIC_USER_ID_FLAG, &q->user_id},
-                  {AMQP_BASIC_APP_ID_FLAG, &q->app_id},
-                  {AMQP_BASIC_CLUSTER_ID_FLAG, &q->cluster_id}};
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        if (!(p->_flags & fields[i].flag)) {
-            *fields[i].b = amqp_empty_bytes;
-        } else if (copy_bytes(&d->pool, fields[i].b) != 0) {
-            return WARREN_ERR_NOMEM;
-        }
     }
     return 0;
 }
 
-static const char *opt_str(amqp_flags_t flags, amqp_flags_t bit, amqp_bytes_t b,
+static const char *opt_str(uint32_t flags, uint32_t bit, warren__bytes b,
                            char *buf, size_t len) {
     if (!(flags & bit)) {
         return NULL;
     }
-    bytes_to_cstr(b, buf, len);
+    size_t n = b.len < len - 1 ? b.len : len - 1;
+    if (n > 0) {
+        memcpy(buf, b.bytes, n);
+    }
+    buf[n] = '\0';
     return buf;
 }
 
 static void fill_view(warren__delivery *d, uint64_t tag, int redelivered) {
     struct warren_msg *m = &d->msg;
-    amqp_basic_properties_t *p = &d->props;
+    warren__props *p = &d->props;
     size_t len = m->body_len;
     uint64_t announced = m->body_size_announced;
     memset(m, 0, sizeof *m);
@@ -631,14 +609,14 @@ static void fill_view(warren__delivery *d, uint64_t tag, int redelivered) {
     m->exchange = d->exchange;
     m->routing_key = d->routing_key;
     m->content_type =
-        opt_str(p->_flags, AMQP_BASIC_CONTENT_TYPE_FLAG, p->content_type,
+        opt_str(p->flags, WARREN__PROP_CONTENT_TYPE, p->content_type,
                 d->content_type, sizeof d->content_type);
     m->correlation_id =
-        opt_str(p->_flags, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id,
+        opt_str(p->flags, WARREN__PROP_CORRELATION_ID, p->correlation_id,
                 d->correlation_id, sizeof d->correlation_id);
-    m->amqp_message_id =
-        opt_str(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id,
-                d->message_id, sizeof d->message_id);
+    m->message_id_prop =
+        opt_str(p->flags, WARREN__PROP_MESSAGE_ID, p->message_id, d->message_id,
+                sizeof d->message_id);
     m->body = d->body ? d->body : (const uint8_t *)"";
     m->attempt = 1;
     m->redelivered = redelivered;
@@ -1243,14 +1221,16 @@ int warren__session_nack(warren__session *s, uint64_t tag, int multiple,
         "rejecting");
 }
 
-/* What every publish starts with: persistent properties in `*p` (a copy
- * of `props`, or none) and room to track one more confirm. Returns 0 or
- * WARREN_ERR_NOMEM. */
-static int begin_publish(warren__session *s,
-                         const amqp_basic_properties_t *props,
+/* What every publish starts with: persistent properties in `*p`
+ * (rabbitmq-c's form of `props`, or none) and room to track one more
+ * confirm. Returns 0 or WARREN_ERR_NOMEM. */
+static int begin_publish(warren__session *s, const warren__props *props,
                          amqp_basic_properties_t *p) {
+    warren__arena_recycle(&s->pub_arena);
     if (props) {
-        *p = *props;
+        if (warren__amqp_props_export(props, p, &s->pub_arena) != 0) {
+            return WARREN_ERR_NOMEM;
+        }
     } else {
         memset(p, 0, sizeof *p);
     }
@@ -1268,6 +1248,32 @@ static int begin_publish(warren__session *s,
     return 0;
 }
 
+int warren__session_table_len(warren__session *s, const warren__table *t,
+                              size_t *len) {
+    size_t frame = warren__session_frame_max(s);
+    amqp_table_t at;
+    size_t off = 0;
+    *len = 0;
+    if (s->enc_len < frame) {
+        free(s->enc_buf);
+        s->enc_buf = malloc(frame);
+        s->enc_len = s->enc_buf ? frame : 0;
+        if (s->enc_buf == NULL) {
+            return WARREN_ERR_NOMEM;
+        }
+    }
+    warren__arena_recycle(&s->pub_arena);
+    if (warren__amqp_table_export(t, &at, &s->pub_arena) != 0) {
+        return WARREN_ERR_NOMEM;
+    }
+    amqp_bytes_t b = {frame, s->enc_buf};
+    if (amqp_encode_table(b, &at, &off) != AMQP_STATUS_OK) {
+        return WARREN_ERR_INVAL;
+    }
+    *len = off;
+    return 0;
+}
+
 /* A publish went out: its sequence number awaits a confirm. */
 static int end_publish(warren__session *s, uint64_t *seq) {
     s->unconfirmed[s->n_unconfirmed++] = ++s->publish_seq;
@@ -1278,8 +1284,7 @@ static int end_publish(warren__session *s, uint64_t *seq) {
 }
 
 int warren__session_publish(warren__session *s, const char *exchange,
-                            const char *routing_key,
-                            const amqp_basic_properties_t *props,
+                            const char *routing_key, const warren__props *props,
                             const void *body, size_t len, uint64_t *seq) {
     amqp_basic_properties_t p;
     if (begin_publish(s, props, &p) != 0) {
@@ -1296,7 +1301,7 @@ int warren__session_publish(warren__session *s, const char *exchange,
 
 int warren__session_publish_delivery(warren__session *s, const char *exchange,
                                      const char *routing_key,
-                                     const amqp_basic_properties_t *props,
+                                     const warren__props *props,
                                      const warren__delivery *d, uint64_t *seq) {
     if (!d->spooled) {
         if (d->body_lost) {

@@ -7,15 +7,17 @@
  * consumer cancels, channel/connection closes and connection.blocked are all
  * seen, whichever arrives first. Broker refusals are translated here into
  * WARREN_ERR_* codes with the broker's own text kept in the error string.
+ * Message properties and header tables cross it in warren's own types
+ * (props.h): no other file includes rabbitmq-c.
  */
 #ifndef WARREN_SESSION_H
 #define WARREN_SESSION_H
 
 #include "config.h"
 #include "msg.h"
+#include "props.h"
 #include "topology.h"
 
-#include <amqp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,8 +67,8 @@ typedef struct warren__delivery {
     char content_type[WARREN__NAME_MAX];
     char correlation_id[WARREN__NAME_MAX];
     char message_id[WARREN__NAME_MAX];
-    amqp_basic_properties_t props; /* deep copy, in `pool` */
-    amqp_pool_t pool;
+    warren__props props; /* deep copy, in `pool` */
+    warren__arena pool;
     int pool_ready;
     int too_large; /* body over the limit: drained, not kept */
     /* The body is in an unlinked temporary file instead of `body` (see
@@ -137,8 +139,7 @@ int warren__session_nack(warren__session *s, uint64_t tag, int multiple,
  * (then delivery_mode=2 and nothing else). Returns the confirm sequence
  * number in `*seq`. Does not wait. */
 int warren__session_publish(warren__session *s, const char *exchange,
-                            const char *routing_key,
-                            const amqp_basic_properties_t *props,
+                            const char *routing_key, const warren__props *props,
                             const void *body, size_t len, uint64_t *seq);
 /* Publishes a copy of delivery `d`'s body, as warren__session_publish()
  * does, from memory or, for a spooled body, from its file frame by frame
@@ -147,7 +148,7 @@ int warren__session_publish(warren__session *s, const char *exchange,
  * is then broken (WARREN_ERR_IO). */
 int warren__session_publish_delivery(warren__session *s, const char *exchange,
                                      const char *routing_key,
-                                     const amqp_basic_properties_t *props,
+                                     const warren__props *props,
                                      const warren__delivery *d, uint64_t *seq);
 /* Waits until every publish so far is confirmed, up to `timeout_ms`.
  * Returns 0 if all were acked and none returned; WARREN_ERR_PUBLISH if any
@@ -163,5 +164,18 @@ int warren__session_wait_confirms(warren__session *s, int timeout_ms);
  * the queue is empty. Used by the dlq tool. */
 int warren__session_get(warren__session *s, const char *queue,
                         warren__delivery *d, uint64_t max_body);
+
+/* The size of header table `t` encoded as a content header carries it,
+ * found by encoding it into a frame-sized buffer the session keeps: 0 and
+ * `*len` set, or WARREN_ERR_INVAL if it does not fit one frame (or cannot
+ * be encoded: a key over 255 bytes), or WARREN_ERR_NOMEM. */
+int warren__session_table_len(warren__session *s, const warren__table *t,
+                              size_t *len);
+
+/* Parses broker URL `url` (its first `len` bytes) as connect will: 0, or
+ * WARREN_ERR_CONFIG with rabbitmq-c's reason in `why` (never the URL), or
+ * WARREN_ERR_NOMEM. */
+int warren__session_url_parse(const char *url, size_t len, char *why,
+                              size_t whylen);
 
 #endif /* WARREN_SESSION_H */

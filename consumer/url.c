@@ -1,24 +1,21 @@
 /*
  * url.c - validation of broker URLs, kept apart from the session so the
- * config loader can refuse a bad URL before anything connects. rabbitmq-c is
- * used only for amqp_parse_url, on a copy, so the check matches exactly what
- * the session will later accept. Reasons written here never quote the URL:
+ * config loader can refuse a bad URL before anything connects. The last
+ * check is rabbitmq-c's own parser, behind the session's seam
+ * (warren__session_url_parse()), so it matches exactly what the session
+ * will later accept. Reasons written here never quote the URL:
  * callers show it through warren_redact_url.
  */
 #include "url.h"
 
+#include "session.h"
 #include "warren.h"
 
-#include <amqp.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 int warren__url_check(const char *url, char *why, size_t whylen) {
-    struct amqp_connection_info ci;
     size_t len;
-    char *copy;
-    int st;
 
     if (why != NULL && whylen > 0) {
         why[0] = '\0';
@@ -47,28 +44,8 @@ int warren__url_check(const char *url, char *why, size_t whylen) {
             return WARREN_ERR_CONFIG;
         }
     }
-    /* amqp_parse_url writes into its argument and leaves `ci` pointing into
-     * it, so it gets a copy that dies here. */
-    copy = malloc(len + 1);
-    if (copy == NULL) {
-        snprintf(why, whylen, "out of memory");
-        return WARREN_ERR_NOMEM;
-    }
-    memcpy(copy, url, len + 1);
-    amqp_default_connection_info(&ci);
-    st = amqp_parse_url(copy, &ci);
-    if (st == AMQP_STATUS_OK && (ci.host == NULL || ci.host[0] == '\0')) {
-        st = AMQP_STATUS_BAD_URL;
-    }
-    if (st == AMQP_STATUS_OK && (ci.port <= 0 || ci.port > 65535)) {
-        st = AMQP_STATUS_BAD_URL;
-    }
-    free(copy);
-    if (st != AMQP_STATUS_OK) {
-        snprintf(why, whylen, "rabbitmq-c: %s", amqp_error_string2(st));
-        return WARREN_ERR_CONFIG;
-    }
-    return 0;
+    /* The rest is rabbitmq-c's parser, the one connect uses. */
+    return warren__session_url_parse(url, len, why, whylen);
 }
 
 int warren__url_has_password(const char *url) {

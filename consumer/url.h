@@ -16,7 +16,8 @@
 
 /* Checks that `url` starts with "amqp://" or "amqps://", is at most
  * WARREN__URL_MAX bytes, contains no whitespace or control characters and is
- * accepted by rabbitmq-c's amqp_parse_url (run on a private copy). Returns 0,
+ * accepted by rabbitmq-c's URL parser (warren__session_url_parse(), on a
+ * private copy). Returns 0,
  * or WARREN_ERR_CONFIG with a short reason (no URL text, so no password) in
  * `why` (size `whylen`, always NUL-terminated), or WARREN_ERR_NOMEM. */
 int warren__url_check(const char *url, char *why, size_t whylen);

@@ -116,7 +116,6 @@ void warren_worker_free(warren_worker *w) {
     warren__batch_free(&w->next);
     free(w->claim_scratch);
     free(w->fn_arg);
-    free(w->hdr_scratch);
     free(w);
 }
 

@@ -112,9 +112,7 @@ struct warren_worker {
     warren__batch next;
     warren__claim *claim_scratch; /* batch_max: claims taken again */
     int64_t lease_mono_ms;        /* when the current claims were leased */
-    amqp_pool_t pool;             /* headers of copies, recycled every batch */
-    uint8_t *hdr_scratch;         /* error_budget()'s encoding buffer */
-    size_t hdr_scratch_len;
+    warren__arena pool;           /* headers of copies, recycled every batch */
 
     /* The coalesced multiple-ack not sent yet: its tag (0: none), how many
      * deliveries it settles, and since when (mono ms). */

@@ -80,7 +80,7 @@ struct warren__dlq {
     uint64_t window_bytes; /* body bytes kept by the n_slots selected */
     int consuming;
     int n_unconfirmed;
-    amqp_pool_t pool;
+    warren__arena pool;
 };
 
 static void set_err(warren__dlq *q, const char *fmt, ...) WARREN_PRINTF(2, 3);
@@ -141,7 +141,7 @@ int warren__dlq_open(const warren_config *cfg, const char *queue,
     q->cfg = cfg;
     q->c = c;
     snprintf(q->name, sizeof q->name, "%s", warren__dlq_name(c));
-    init_amqp_pool(&q->pool, 4096);
+    warren__arena_init(&q->pool, 4096);
     int rc = warren__session_connect_any(cfg, 0, &q->sess, NULL, err, errlen);
     if (rc == 0) {
         rc = warren__session_queue_info(q->sess, q->name, &q->depth, NULL);
@@ -195,7 +195,7 @@ void warren__dlq_close(warren__dlq *q) {
      * explicit nack just says so on the wire. */
     release_all(q);
     warren__session_free(q->sess);
-    empty_amqp_pool(&q->pool);
+    warren__arena_empty(&q->pool);
     for (size_t i = 0; i < q->cap_slots; i++) {
         if (q->slots[i]) {
             warren__delivery_free(&q->slots[i]->d);
@@ -337,15 +337,15 @@ static int publish_window(warren__dlq *q, const warren__dlq_ops *ops,
             continue;
         }
         const warren__delivery *d = &sl->d;
-        amqp_basic_properties_t p = *d->msg.props;
-        recycle_amqp_pool(&q->pool);
+        warren__props p = *d->msg.props;
+        warren__arena_recycle(&q->pool);
         rc = warren__dlq_replay_headers(d->msg.headers, ops->clean, now,
                                         &q->pool, &p.headers);
         if (rc != 0) {
             set_err(q, "out of memory building headers");
             break;
         }
-        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.flags |= WARREN__PROP_HEADERS;
         rc = warren__session_publish(q->sess, "", sl->to, &p, d->msg.body,
                                      d->msg.body_len, NULL);
         if (rc != 0) {
@@ -578,8 +578,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
 }
 
 int warren__dlq_publish(warren__dlq *q, const char *queue,
-                        const amqp_basic_properties_t *p, const void *body,
-                        size_t len) {
+                        const warren__props *p, const void *body, size_t len) {
     int rc = warren__session_publish(q->sess, "", queue, p, body, len, NULL);
     if (rc == 0 && ++q->n_unconfirmed >= IMPORT_WINDOW) {
         rc = warren__dlq_flush(q);

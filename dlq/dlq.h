@@ -15,10 +15,10 @@
 #define WARREN_DLQ_H
 
 #include "config.h"
+#include "props.h"
 #include "session.h"
 #include "store.h"
 
-#include <amqp.h>
 #include <cjson/cJSON.h>
 #include <regex.h>
 #include <signal.h>
@@ -101,16 +101,16 @@ int warren__dlq_filter_match(const warren__dlq_filter *f,
 
 /* A JSON object with "properties", typed "headers" and "body"; NULL when
  * out of memory. Free with cJSON_Delete. */
-cJSON *warren__dlq_to_json(const amqp_basic_properties_t *p, const void *body,
+cJSON *warren__dlq_to_json(const warren__props *p, const void *body,
                            size_t len);
 
 /* Parses one line (length `len`) written by warren__dlq_to_json. On
  * success fills `p` (every string and table allocated in `pool`) and
  * `*body`/`*body_len` (malloc'd, free it) and returns 0. Otherwise returns
  * WARREN_ERR_INVAL (or NOMEM) and says what is wrong in `err`. */
-int warren__dlq_from_json(const char *line, size_t len, amqp_pool_t *pool,
-                          amqp_basic_properties_t *p, uint8_t **body,
-                          size_t *body_len, char *err, size_t errlen);
+int warren__dlq_from_json(const char *line, size_t len, warren__arena *pool,
+                          warren__props *p, uint8_t **body, size_t *body_len,
+                          char *err, size_t errlen);
 
 /* Standard base64 with padding. encode: `out` NUL-terminated, malloc'd.
  * decode: strict (length multiple of 4, alphabet only), malloc'd. Both
@@ -125,9 +125,9 @@ int warren__base64_decode(const char *in, size_t len, uint8_t **out,
  * x-warren-replayed-* (older x-warren-replayed-* dropped), or all of them
  * dropped when `clean`; x-warren-replays incremented; x-warren-replayed-at
  * set to `now_ms` unless `clean`. Returns 0 or WARREN_ERR_NOMEM. */
-int warren__dlq_replay_headers(const amqp_table_t *in, int clean,
-                               int64_t now_ms, amqp_pool_t *pool,
-                               amqp_table_t *out);
+int warren__dlq_replay_headers(const warren__table *in, int clean,
+                               int64_t now_ms, warren__arena *pool,
+                               warren__table *out);
 
 /* ---- reading a DLQ (broker) -------------------------------------------- */
 
@@ -207,8 +207,7 @@ int warren__dlq_scan(warren__dlq *q, const warren__dlq_filter *f,
  * with confirms, waiting for them every `window` messages and at flush.
  * Used by import. */
 int warren__dlq_publish(warren__dlq *q, const char *queue,
-                        const amqp_basic_properties_t *p, const void *body,
-                        size_t len);
+                        const warren__props *p, const void *body, size_t len);
 int warren__dlq_flush(warren__dlq *q); /* waits for every confirm */
 
 #endif /* WARREN_DLQ_H */

@@ -71,7 +71,7 @@ int warren__base64_decode(const char *in, size_t len, uint8_t **out,
 /* ---- encode ------------------------------------------------------------ */
 
 /* Text as a string, anything else as {"base64": ...}. NULL on NOMEM. */
-static cJSON *bytes_json(amqp_bytes_t b) {
+static cJSON *bytes_json(warren__bytes b) {
     if (warren__utf8_valid(b.bytes, b.len)) {
         char *s = malloc(b.len + 1);
         if (s == NULL) {
@@ -123,11 +123,11 @@ static cJSON *double_json(double v) {
     return cJSON_CreateRaw(buf);
 }
 
-static cJSON *table_json(const amqp_table_t *t);
-static cJSON *array_json(const amqp_array_t *a);
+static cJSON *table_json(const warren__table *t);
+static cJSON *array_json(const warren__array *a);
 
 /* {"kind": K, "value": V} for one field value. */
-static cJSON *value_json(const amqp_field_value_t *v) {
+static cJSON *value_json(const warren__field *v) {
     cJSON *o = cJSON_CreateObject();
     cJSON *val = NULL;
     const char *kind;
@@ -135,76 +135,76 @@ static cJSON *value_json(const amqp_field_value_t *v) {
         return NULL;
     }
     switch (v->kind) {
-    case AMQP_FIELD_KIND_BOOLEAN:
+    case WARREN__FIELD_BOOLEAN:
         kind = "bool";
         val = cJSON_CreateBool(v->value.boolean);
         break;
-    case AMQP_FIELD_KIND_I8:
+    case WARREN__FIELD_I8:
         kind = "i8";
         val = cJSON_CreateNumber(v->value.i8);
         break;
-    case AMQP_FIELD_KIND_U8:
+    case WARREN__FIELD_U8:
         kind = "u8";
         val = cJSON_CreateNumber(v->value.u8);
         break;
-    case AMQP_FIELD_KIND_I16:
+    case WARREN__FIELD_I16:
         kind = "i16";
         val = cJSON_CreateNumber(v->value.i16);
         break;
-    case AMQP_FIELD_KIND_U16:
+    case WARREN__FIELD_U16:
         kind = "u16";
         val = cJSON_CreateNumber(v->value.u16);
         break;
-    case AMQP_FIELD_KIND_I32:
+    case WARREN__FIELD_I32:
         kind = "i32";
         val = cJSON_CreateNumber(v->value.i32);
         break;
-    case AMQP_FIELD_KIND_U32:
+    case WARREN__FIELD_U32:
         kind = "u32";
         val = cJSON_CreateNumber(v->value.u32);
         break;
-    case AMQP_FIELD_KIND_I64:
+    case WARREN__FIELD_I64:
         kind = "i64";
         val = i64_json(v->value.i64);
         break;
-    case AMQP_FIELD_KIND_U64:
+    case WARREN__FIELD_U64:
         kind = "u64";
         val = u64_json(v->value.u64);
         break;
-    case AMQP_FIELD_KIND_TIMESTAMP:
+    case WARREN__FIELD_TIMESTAMP:
         kind = "timestamp";
         val = u64_json(v->value.u64);
         break;
-    case AMQP_FIELD_KIND_F32:
+    case WARREN__FIELD_F32:
         kind = "f32";
         val = double_json(v->value.f32);
         break;
-    case AMQP_FIELD_KIND_F64:
+    case WARREN__FIELD_F64:
         kind = "f64";
         val = double_json(v->value.f64);
         break;
-    case AMQP_FIELD_KIND_DECIMAL:
+    case WARREN__FIELD_DECIMAL:
         kind = "decimal";
         cJSON_AddNumberToObject(o, "decimals", v->value.decimal.decimals);
         val = cJSON_CreateNumber(v->value.decimal.value);
         break;
-    case AMQP_FIELD_KIND_UTF8:
+    case WARREN__FIELD_UTF8:
         kind = "string";
         val = bytes_json(v->value.bytes);
         break;
-    case AMQP_FIELD_KIND_BYTES:
+    case WARREN__FIELD_BYTES:
         kind = "bytes";
         val = bytes_json(v->value.bytes);
         break;
-    case AMQP_FIELD_KIND_ARRAY:
+    case WARREN__FIELD_ARRAY:
         kind = "array";
         val = array_json(&v->value.array);
         break;
-    case AMQP_FIELD_KIND_TABLE:
+    case WARREN__FIELD_TABLE:
         kind = "table";
         val = table_json(&v->value.table);
         break;
-    case AMQP_FIELD_KIND_VOID:
+    case WARREN__FIELD_VOID:
         kind = "void";
         val = cJSON_CreateNull();
         break;
@@ -222,7 +222,7 @@ static cJSON *value_json(const amqp_field_value_t *v) {
 }
 
 /* An array keeps order and duplicate keys, which an object would not. */
-static cJSON *table_json(const amqp_table_t *t) {
+static cJSON *table_json(const warren__table *t) {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; a && i < t->num_entries; i++) {
         cJSON *o = value_json(&t->entries[i].value);
@@ -240,7 +240,7 @@ static cJSON *table_json(const amqp_table_t *t) {
     return a;
 }
 
-static cJSON *array_json(const amqp_array_t *arr) {
+static cJSON *array_json(const warren__array *arr) {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; a && i < arr->num_entries; i++) {
         cJSON *o = value_json(&arr->entries[i]);
@@ -255,32 +255,29 @@ static cJSON *array_json(const amqp_array_t *arr) {
 
 static const struct {
     const char *name;
-    amqp_flags_t flag;
+    uint32_t flag;
     size_t off;
 } str_props[] = {
-    {"content_type", AMQP_BASIC_CONTENT_TYPE_FLAG,
-     offsetof(amqp_basic_properties_t, content_type)},
-    {"content_encoding", AMQP_BASIC_CONTENT_ENCODING_FLAG,
-     offsetof(amqp_basic_properties_t, content_encoding)},
-    {"correlation_id", AMQP_BASIC_CORRELATION_ID_FLAG,
-     offsetof(amqp_basic_properties_t, correlation_id)},
-    {"reply_to", AMQP_BASIC_REPLY_TO_FLAG,
-     offsetof(amqp_basic_properties_t, reply_to)},
-    {"expiration", AMQP_BASIC_EXPIRATION_FLAG,
-     offsetof(amqp_basic_properties_t, expiration)},
-    {"message_id", AMQP_BASIC_MESSAGE_ID_FLAG,
-     offsetof(amqp_basic_properties_t, message_id)},
-    {"type", AMQP_BASIC_TYPE_FLAG, offsetof(amqp_basic_properties_t, type)},
-    {"user_id", AMQP_BASIC_USER_ID_FLAG,
-     offsetof(amqp_basic_properties_t, user_id)},
-    {"app_id", AMQP_BASIC_APP_ID_FLAG,
-     offsetof(amqp_basic_properties_t, app_id)},
-    {"cluster_id", AMQP_BASIC_CLUSTER_ID_FLAG,
-     offsetof(amqp_basic_properties_t, cluster_id)},
+    {"content_type", WARREN__PROP_CONTENT_TYPE,
+     offsetof(warren__props, content_type)},
+    {"content_encoding", WARREN__PROP_CONTENT_ENCODING,
+     offsetof(warren__props, content_encoding)},
+    {"correlation_id", WARREN__PROP_CORRELATION_ID,
+     offsetof(warren__props, correlation_id)},
+    {"reply_to", WARREN__PROP_REPLY_TO, offsetof(warren__props, reply_to)},
+    {"expiration", WARREN__PROP_EXPIRATION,
+     offsetof(warren__props, expiration)},
+    {"message_id", WARREN__PROP_MESSAGE_ID,
+     offsetof(warren__props, message_id)},
+    {"type", WARREN__PROP_TYPE, offsetof(warren__props, type)},
+    {"user_id", WARREN__PROP_USER_ID, offsetof(warren__props, user_id)},
+    {"app_id", WARREN__PROP_APP_ID, offsetof(warren__props, app_id)},
+    {"cluster_id", WARREN__PROP_CLUSTER_ID,
+     offsetof(warren__props, cluster_id)},
 };
 #define N_STR_PROPS (sizeof str_props / sizeof str_props[0])
 
-cJSON *warren__dlq_to_json(const amqp_basic_properties_t *p, const void *body,
+cJSON *warren__dlq_to_json(const warren__props *p, const void *body,
                            size_t len) {
     cJSON *root = cJSON_CreateObject();
     cJSON *props = cJSON_CreateObject();
@@ -290,9 +287,9 @@ cJSON *warren__dlq_to_json(const amqp_basic_properties_t *p, const void *body,
     }
     cJSON_AddNumberToObject(root, "v", 1);
     for (size_t i = 0; i < N_STR_PROPS; i++) {
-        if (p->_flags & str_props[i].flag) {
-            const amqp_bytes_t *v =
-                (const amqp_bytes_t *)((const char *)p + str_props[i].off);
+        if (p->flags & str_props[i].flag) {
+            const warren__bytes *v =
+                (const warren__bytes *)((const char *)p + str_props[i].off);
             cJSON *j = bytes_json(*v);
             if (j == NULL) {
                 goto fail;
@@ -300,25 +297,25 @@ cJSON *warren__dlq_to_json(const amqp_basic_properties_t *p, const void *body,
             cJSON_AddItemToObject(props, str_props[i].name, j);
         }
     }
-    if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG) {
+    if (p->flags & WARREN__PROP_DELIVERY_MODE) {
         cJSON_AddNumberToObject(props, "delivery_mode", p->delivery_mode);
     }
-    if (p->_flags & AMQP_BASIC_PRIORITY_FLAG) {
+    if (p->flags & WARREN__PROP_PRIORITY) {
         cJSON_AddNumberToObject(props, "priority", p->priority);
     }
-    if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG) {
+    if (p->flags & WARREN__PROP_TIMESTAMP) {
         cJSON_AddItemToObject(props, "timestamp", u64_json(p->timestamp));
     }
     cJSON_AddItemToObject(root, "properties", props);
     props = NULL;
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+    if (p->flags & WARREN__PROP_HEADERS) {
         headers = table_json(&p->headers);
         if (headers == NULL) {
             goto fail;
         }
         cJSON_AddItemToObject(root, "headers", headers);
     }
-    b = bytes_json((amqp_bytes_t){len, (void *)body});
+    b = bytes_json((warren__bytes){len, (void *)body});
     if (b == NULL) {
         goto fail;
     }
@@ -333,7 +330,7 @@ fail:
 /* ---- decode ------------------------------------------------------------ */
 
 typedef struct {
-    amqp_pool_t *pool;
+    warren__arena *pool;
     char *err;
     size_t errlen;
 } dec;
@@ -350,7 +347,7 @@ static int bad(dec *d, const char *fmt, ...) {
 
 /* A string or {"base64": ...} into pool bytes. */
 static int bytes_from(dec *d, const cJSON *j, const char *what,
-                      amqp_bytes_t *out) {
+                      warren__bytes *out) {
     const uint8_t *src;
     size_t len;
     uint8_t *tmp = NULL;
@@ -372,9 +369,9 @@ static int bytes_from(dec *d, const cJSON *j, const char *what,
         return bad(d, "%s: expected a string or {\"base64\": \"...\"}", what);
     }
     if (len == 0) {
-        *out = amqp_empty_bytes;
+        *out = ((warren__bytes){0, NULL});
     } else {
-        amqp_pool_alloc_bytes(d->pool, len, out);
+        warren__arena_alloc_bytes(d->pool, len, out);
         if (out->bytes == NULL) {
             free(tmp);
             return WARREN_ERR_NOMEM;
@@ -449,14 +446,14 @@ static int double_from(dec *d, const cJSON *j, const char *what, double *out) {
 }
 
 static int table_from(dec *d, const cJSON *j, const char *what, int depth,
-                      amqp_table_t *out);
+                      warren__table *out);
 static int array_from(dec *d, const cJSON *j, const char *what, int depth,
-                      amqp_array_t *out);
+                      warren__array *out);
 
 #define MAX_DEPTH 32
 
 static int value_from(dec *d, const cJSON *o, const char *what, int depth,
-                      amqp_field_value_t *v) {
+                      warren__field *v) {
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(o, "kind");
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, "value");
     double n = 0;
@@ -472,54 +469,54 @@ static int value_from(dec *d, const cJSON *o, const char *what, int depth,
         if (!cJSON_IsBool(j)) {
             return bad(d, "%s: expected true or false", what);
         }
-        v->kind = AMQP_FIELD_KIND_BOOLEAN;
+        v->kind = WARREN__FIELD_BOOLEAN;
         v->value.boolean = cJSON_IsTrue(j);
     } else if (strcmp(kind, "i8") == 0) {
         rc = int_from(d, j, what, INT8_MIN, INT8_MAX, &n);
-        v->kind = AMQP_FIELD_KIND_I8;
+        v->kind = WARREN__FIELD_I8;
         v->value.i8 = (int8_t)n;
         return rc;
     } else if (strcmp(kind, "u8") == 0) {
         rc = int_from(d, j, what, 0, UINT8_MAX, &n);
-        v->kind = AMQP_FIELD_KIND_U8;
+        v->kind = WARREN__FIELD_U8;
         v->value.u8 = (uint8_t)n;
         return rc;
     } else if (strcmp(kind, "i16") == 0) {
         rc = int_from(d, j, what, INT16_MIN, INT16_MAX, &n);
-        v->kind = AMQP_FIELD_KIND_I16;
+        v->kind = WARREN__FIELD_I16;
         v->value.i16 = (int16_t)n;
         return rc;
     } else if (strcmp(kind, "u16") == 0) {
         rc = int_from(d, j, what, 0, UINT16_MAX, &n);
-        v->kind = AMQP_FIELD_KIND_U16;
+        v->kind = WARREN__FIELD_U16;
         v->value.u16 = (uint16_t)n;
         return rc;
     } else if (strcmp(kind, "i32") == 0) {
         rc = int_from(d, j, what, INT32_MIN, INT32_MAX, &n);
-        v->kind = AMQP_FIELD_KIND_I32;
+        v->kind = WARREN__FIELD_I32;
         v->value.i32 = (int32_t)n;
         return rc;
     } else if (strcmp(kind, "u32") == 0) {
         rc = int_from(d, j, what, 0, UINT32_MAX, &n);
-        v->kind = AMQP_FIELD_KIND_U32;
+        v->kind = WARREN__FIELD_U32;
         v->value.u32 = (uint32_t)n;
         return rc;
     } else if (strcmp(kind, "i64") == 0) {
-        v->kind = AMQP_FIELD_KIND_I64;
+        v->kind = WARREN__FIELD_I64;
         return i64_from(d, j, what, &v->value.i64);
     } else if (strcmp(kind, "u64") == 0) {
-        v->kind = AMQP_FIELD_KIND_U64;
+        v->kind = WARREN__FIELD_U64;
         return u64_from(d, j, what, &v->value.u64);
     } else if (strcmp(kind, "timestamp") == 0) {
-        v->kind = AMQP_FIELD_KIND_TIMESTAMP;
+        v->kind = WARREN__FIELD_TIMESTAMP;
         return u64_from(d, j, what, &v->value.u64);
     } else if (strcmp(kind, "f32") == 0) {
-        v->kind = AMQP_FIELD_KIND_F32;
+        v->kind = WARREN__FIELD_F32;
         rc = double_from(d, j, what, &n);
         v->value.f32 = (float)n;
         return rc;
     } else if (strcmp(kind, "f64") == 0) {
-        v->kind = AMQP_FIELD_KIND_F64;
+        v->kind = WARREN__FIELD_F64;
         return double_from(d, j, what, &v->value.f64);
     } else if (strcmp(kind, "decimal") == 0) {
         double dec_places = 0;
@@ -528,24 +525,24 @@ static int value_from(dec *d, const cJSON *o, const char *what, int depth,
         if (rc == 0) {
             rc = int_from(d, j, what, 0, UINT32_MAX, &n);
         }
-        v->kind = AMQP_FIELD_KIND_DECIMAL;
+        v->kind = WARREN__FIELD_DECIMAL;
         v->value.decimal.decimals = (uint8_t)dec_places;
         v->value.decimal.value = (uint32_t)n;
         return rc;
     } else if (strcmp(kind, "string") == 0) {
-        v->kind = AMQP_FIELD_KIND_UTF8;
+        v->kind = WARREN__FIELD_UTF8;
         return bytes_from(d, j, what, &v->value.bytes);
     } else if (strcmp(kind, "bytes") == 0) {
-        v->kind = AMQP_FIELD_KIND_BYTES;
+        v->kind = WARREN__FIELD_BYTES;
         return bytes_from(d, j, what, &v->value.bytes);
     } else if (strcmp(kind, "array") == 0) {
-        v->kind = AMQP_FIELD_KIND_ARRAY;
+        v->kind = WARREN__FIELD_ARRAY;
         return array_from(d, j, what, depth + 1, &v->value.array);
     } else if (strcmp(kind, "table") == 0) {
-        v->kind = AMQP_FIELD_KIND_TABLE;
+        v->kind = WARREN__FIELD_TABLE;
         return table_from(d, j, what, depth + 1, &v->value.table);
     } else if (strcmp(kind, "void") == 0) {
-        v->kind = AMQP_FIELD_KIND_VOID;
+        v->kind = WARREN__FIELD_VOID;
     } else {
         return bad(d, "%s: unknown kind '%s'", what, kind);
     }
@@ -553,7 +550,7 @@ static int value_from(dec *d, const cJSON *o, const char *what, int depth,
 }
 
 static int table_from(dec *d, const cJSON *j, const char *what, int depth,
-                      amqp_table_t *out) {
+                      warren__table *out) {
     if (depth > MAX_DEPTH) {
         return bad(d, "%s: nested deeper than %d", what, MAX_DEPTH);
     }
@@ -566,7 +563,7 @@ static int table_from(dec *d, const cJSON *j, const char *what, int depth,
     int n = cJSON_GetArraySize(j), i = 0;
     out->num_entries = n;
     out->entries =
-        n ? amqp_pool_alloc(d->pool, sizeof *out->entries * n) : NULL;
+        n ? warren__arena_alloc(d->pool, sizeof *out->entries * n) : NULL;
     if (n && out->entries == NULL) {
         return WARREN_ERR_NOMEM;
     }
@@ -598,7 +595,7 @@ static int table_from(dec *d, const cJSON *j, const char *what, int depth,
 }
 
 static int array_from(dec *d, const cJSON *j, const char *what, int depth,
-                      amqp_array_t *out) {
+                      warren__array *out) {
     if (depth > MAX_DEPTH) {
         return bad(d, "%s: nested deeper than %d", what, MAX_DEPTH);
     }
@@ -608,7 +605,7 @@ static int array_from(dec *d, const cJSON *j, const char *what, int depth,
     int n = cJSON_GetArraySize(j), i = 0;
     out->num_entries = n;
     out->entries =
-        n ? amqp_pool_alloc(d->pool, sizeof *out->entries * n) : NULL;
+        n ? warren__arena_alloc(d->pool, sizeof *out->entries * n) : NULL;
     if (n && out->entries == NULL) {
         return WARREN_ERR_NOMEM;
     }
@@ -628,11 +625,11 @@ static int array_from(dec *d, const cJSON *j, const char *what, int depth,
     return 0;
 }
 
-int warren__dlq_from_json(const char *line, size_t len, amqp_pool_t *pool,
-                          amqp_basic_properties_t *p, uint8_t **body,
-                          size_t *body_len, char *err, size_t errlen) {
+int warren__dlq_from_json(const char *line, size_t len, warren__arena *pool,
+                          warren__props *p, uint8_t **body, size_t *body_len,
+                          char *err, size_t errlen) {
     dec d = {pool, err, errlen};
-    amqp_bytes_t b = {0, NULL};
+    warren__bytes b = {0, NULL};
     int rc;
     memset(p, 0, sizeof *p);
     *body = NULL;
@@ -672,19 +669,19 @@ int warren__dlq_from_json(const char *line, size_t len, amqp_pool_t *pool,
         snprintf(what, sizeof what, "properties.%s", it->string);
         if (i < N_STR_PROPS) {
             rc = bytes_from(&d, it, what,
-                            (amqp_bytes_t *)((char *)p + str_props[i].off));
-            p->_flags |= str_props[i].flag;
+                            (warren__bytes *)((char *)p + str_props[i].off));
+            p->flags |= str_props[i].flag;
         } else if (strcmp(it->string, "delivery_mode") == 0) {
             rc = int_from(&d, it, what, 0, 255, &n);
             p->delivery_mode = (uint8_t)n;
-            p->_flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+            p->flags |= WARREN__PROP_DELIVERY_MODE;
         } else if (strcmp(it->string, "priority") == 0) {
             rc = int_from(&d, it, what, 0, 255, &n);
             p->priority = (uint8_t)n;
-            p->_flags |= AMQP_BASIC_PRIORITY_FLAG;
+            p->flags |= WARREN__PROP_PRIORITY;
         } else if (strcmp(it->string, "timestamp") == 0) {
             rc = u64_from(&d, it, what, &p->timestamp);
-            p->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+            p->flags |= WARREN__PROP_TIMESTAMP;
         } else {
             rc = bad(&d, "%s: unknown property", what);
         }
@@ -698,7 +695,7 @@ int warren__dlq_from_json(const char *line, size_t len, amqp_pool_t *pool,
         if (rc != 0) {
             goto out;
         }
-        p->_flags |= AMQP_BASIC_HEADERS_FLAG;
+        p->flags |= WARREN__PROP_HEADERS;
     }
     const cJSON *jb = cJSON_GetObjectItemCaseSensitive(root, "body");
     if (jb == NULL) {

@@ -298,10 +298,10 @@ static _Thread_local char tl_worker[WARREN__NAME_MAX];
  * count and time of that first one fill what warren's headers would. */
 static void fill_from_x_death(warren__dlq_entry *e,
                               const struct warren_msg *msg) {
-    const amqp_field_value_t *xd = warren__table_find(msg->headers, "x-death");
-    if (xd == NULL || xd->kind != AMQP_FIELD_KIND_ARRAY ||
+    const warren__field *xd = warren__table_find(msg->headers, "x-death");
+    if (xd == NULL || xd->kind != WARREN__FIELD_ARRAY ||
         xd->value.array.num_entries < 1 ||
-        xd->value.array.entries[0].kind != AMQP_FIELD_KIND_TABLE) {
+        xd->value.array.entries[0].kind != WARREN__FIELD_TABLE) {
         return;
     }
     struct warren_msg d = {.headers = &xd->value.array.entries[0].value.table};
@@ -321,14 +321,11 @@ static void fill_from_x_death(warren__dlq_entry *e,
     if (e->exchange[0] == '\0') {
         e->exchange = hdr_str(&d, "exchange", tl_exchange, sizeof tl_exchange);
     }
-    const amqp_field_value_t *rks =
-        warren__table_find(d.headers, "routing-keys");
-    if (e->routing_key[0] == '\0' && rks &&
-        rks->kind == AMQP_FIELD_KIND_ARRAY &&
+    const warren__field *rks = warren__table_find(d.headers, "routing-keys");
+    if (e->routing_key[0] == '\0' && rks && rks->kind == WARREN__FIELD_ARRAY &&
         rks->value.array.num_entries > 0) {
-        const amqp_field_value_t *rk = &rks->value.array.entries[0];
-        if (rk->kind == AMQP_FIELD_KIND_UTF8 ||
-            rk->kind == AMQP_FIELD_KIND_BYTES) {
+        const warren__field *rk = &rks->value.array.entries[0];
+        if (rk->kind == WARREN__FIELD_UTF8 || rk->kind == WARREN__FIELD_BYTES) {
             size_t n = rk->value.bytes.len < sizeof tl_rk - 1
                            ? rk->value.bytes.len
                            : sizeof tl_rk - 1;
@@ -369,8 +366,8 @@ void warren__dlq_entry_fill(warren__dlq_entry *e, const warren__consumer_cfg *c,
     if (c->dedup && warren__msgid_extract(c, msg, e->id, why, sizeof why) ==
                         WARREN__ID_USE) {
         e->has_dedup_id = 1;
-    } else if (msg->amqp_message_id) {
-        snprintf(e->id, sizeof e->id, "%s", msg->amqp_message_id);
+    } else if (msg->message_id_prop) {
+        snprintf(e->id, sizeof e->id, "%s", msg->message_id_prop);
     } else {
         e->id[0] = '\0';
     }
@@ -384,27 +381,27 @@ static const char *failure_headers[] = {
     "x-warren-dead-at",  "x-warren-worker"};
 #define N_FAILURE (sizeof failure_headers / sizeof failure_headers[0])
 
-static int key_is(amqp_bytes_t k, const char *name) {
+static int key_is(warren__bytes k, const char *name) {
     size_t n = strlen(name);
     return k.len == n && memcmp(k.bytes, name, n) == 0;
 }
 
-static int key_has_prefix(amqp_bytes_t k, const char *prefix) {
+static int key_has_prefix(warren__bytes k, const char *prefix) {
     size_t n = strlen(prefix);
     return k.len >= n && memcmp(k.bytes, prefix, n) == 0;
 }
 
-int warren__dlq_replay_headers(const amqp_table_t *in, int clean,
-                               int64_t now_ms, amqp_pool_t *pool,
-                               amqp_table_t *out) {
+int warren__dlq_replay_headers(const warren__table *in, int clean,
+                               int64_t now_ms, warren__arena *pool,
+                               warren__table *out) {
     int cap = in->num_entries + 2, n = 0;
     int64_t replays = 0;
-    amqp_table_entry_t *e = amqp_pool_alloc(pool, sizeof *e * (size_t)cap);
+    warren__table_entry *e = warren__arena_alloc(pool, sizeof *e * (size_t)cap);
     if (e == NULL) {
         return WARREN_ERR_NOMEM;
     }
     for (int i = 0; i < in->num_entries; i++) {
-        const amqp_table_entry_t *src = &in->entries[i];
+        const warren__table_entry *src = &in->entries[i];
         int failure = -1;
         if (key_is(src->key, "x-warren-attempt") ||
             key_has_prefix(src->key, "x-warren-replayed-")) {
@@ -434,9 +431,9 @@ int warren__dlq_replay_headers(const amqp_table_t *in, int clean,
         }
         /* "x-warren-error" -> "x-warren-replayed-error" */
         const char *suffix = failure_headers[failure] + strlen("x-warren-");
-        amqp_bytes_t key;
+        warren__bytes key;
         size_t klen = strlen("x-warren-replayed-") + strlen(suffix);
-        amqp_pool_alloc_bytes(pool, klen, &key);
+        warren__arena_alloc_bytes(pool, klen, &key);
         if (key.bytes == NULL) {
             return WARREN_ERR_NOMEM;
         }
@@ -447,15 +444,15 @@ int warren__dlq_replay_headers(const amqp_table_t *in, int clean,
         e[n].key = key;
         n++;
     }
-    e[n].key = amqp_cstring_bytes("x-warren-replays");
-    e[n].value.kind = AMQP_FIELD_KIND_I64;
+    e[n].key = warren__cstr_bytes("x-warren-replays");
+    e[n].value.kind = WARREN__FIELD_I64;
     /* Saturates: a copy of generation INT64_MAX (a forged header) cannot
      * be replayed past its dead record; `warren store forget` then. */
     e[n].value.value.i64 = replays < INT64_MAX ? replays + 1 : replays;
     n++;
     if (!clean) {
-        e[n].key = amqp_cstring_bytes("x-warren-replayed-at");
-        e[n].value.kind = AMQP_FIELD_KIND_I64;
+        e[n].key = warren__cstr_bytes("x-warren-replayed-at");
+        e[n].value.kind = WARREN__FIELD_I64;
         e[n].value.value.i64 = now_ms;
         n++;
     }

@@ -17,23 +17,23 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    amqp_pool_t pool;
-    amqp_basic_properties_t p;
+    warren__arena pool;
+    warren__props p;
     uint8_t *body = NULL;
     size_t len = 0;
     char err[256];
-    init_amqp_pool(&pool, 4096);
+    warren__arena_init(&pool, 4096);
     memset(&p, 0, sizeof p);
     if (warren__dlq_from_json((const char *)data, size, &pool, &p, &body, &len,
                               err, sizeof err) == 0) {
         cJSON *again = warren__dlq_to_json(&p, body, len);
         char *line = again ? cJSON_PrintUnformatted(again) : NULL;
         if (line) {
-            amqp_pool_t pool2;
-            amqp_basic_properties_t p2;
+            warren__arena pool2;
+            warren__props p2;
             uint8_t *body2 = NULL;
             size_t len2 = 0;
-            init_amqp_pool(&pool2, 4096);
+            warren__arena_init(&pool2, 4096);
             memset(&p2, 0, sizeof p2);
             if (warren__dlq_from_json(line, strlen(line), &pool2, &p2, &body2,
                                       &len2, err, sizeof err) != 0 ||
@@ -41,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort(); /* what export writes, import must read back */
             }
             free(body2);
-            empty_amqp_pool(&pool2);
+            warren__arena_empty(&pool2);
             cJSON_free(line);
         }
         cJSON_Delete(again);
@@ -49,6 +49,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (strlen(err) >= sizeof err) {
         abort();
     }
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
     return 0;
 }

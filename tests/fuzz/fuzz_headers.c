@@ -51,18 +51,18 @@ static void check(const warren_msg *msg, const char *name) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_in in = {data, size};
-    amqp_pool_t pool;
-    amqp_table_t headers;
+    warren__arena pool;
+    warren__table headers;
     struct warren_msg msg;
     char name[260];
-    init_amqp_pool(&pool, 4096);
+    warren__arena_init(&pool, 4096);
     fuzz_table(&in, &pool, &headers);
     memset(&msg, 0, sizeof msg);
     msg.body = (const uint8_t *)"";
     msg.headers = &headers;
     /* Every key present, as a C string (cut at its first NUL) ... */
     for (int i = 0; i < headers.num_entries; i++) {
-        const amqp_bytes_t *k = &headers.entries[i].key;
+        const warren__bytes *k = &headers.entries[i].key;
         size_t n = k->len < sizeof name - 1 ? k->len : sizeof name - 1;
         if (n > 0) {
             memcpy(name, k->bytes, n);
@@ -75,6 +75,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check(&msg, "x-warren-attempt");
     check(&msg, "x-death");
     check(NULL, "x");
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
     return 0;
 }

@@ -1,16 +1,19 @@
 /*
  * fuzz_input.h - turns fuzzer bytes into the AMQP values warren reads.
  *
- * Header tables reach warren only through rabbitmq-c's decoder, so the
- * common path feeds raw bytes to amqp_decode_table(). That decoder is not
- * instrumented (Debian's build), which leaves libFuzzer blind inside it; the
- * second path builds a table entry by entry from the bytes in code that is
- * instrumented, so every field kind reaches the lookups quickly.
+ * Header tables reach warren only through rabbitmq-c's decoder and the
+ * session's import into warren's own types (session_amqp.c), so the common
+ * path feeds raw bytes to amqp_decode_table() and imports the result. That
+ * decoder is not instrumented (Debian's build), which leaves libFuzzer blind
+ * inside it; the second path builds a table entry by entry from the bytes in
+ * code that is instrumented, so every field kind reaches the lookups
+ * quickly.
  */
 #ifndef WARREN_FUZZ_INPUT_H
 #define WARREN_FUZZ_INPUT_H
 
-#include <amqp.h>
+#include "session_amqp.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -44,8 +47,8 @@ static uint64_t take_u64(fuzz_in *in) {
     return v;
 }
 
-static amqp_bytes_t take_bytes(fuzz_in *in, amqp_pool_t *pool) {
-    amqp_bytes_t out = {0, NULL};
+static warren__bytes take_bytes(fuzz_in *in, warren__arena *pool) {
+    warren__bytes out = {0, NULL};
     size_t k = take_u8(in);
     const uint8_t *b;
     if (k > in->n) {
@@ -53,7 +56,7 @@ static amqp_bytes_t take_bytes(fuzz_in *in, amqp_pool_t *pool) {
     }
     /* Copied into the pool so ASan flags reads past the exact length. */
     if (take(in, k, &b) == 0 && k > 0) {
-        out.bytes = amqp_pool_alloc(pool, k);
+        out.bytes = warren__arena_alloc(pool, k);
         if (out.bytes != NULL) {
             memcpy(out.bytes, b, k);
             out.len = k;
@@ -63,44 +66,41 @@ static amqp_bytes_t take_bytes(fuzz_in *in, amqp_pool_t *pool) {
 }
 
 /* Builds up to 16 entries of every field kind, nesting one level. */
-static void build_table(fuzz_in *in, amqp_pool_t *pool, amqp_table_t *t,
+static void build_table(fuzz_in *in, warren__arena *pool, warren__table *t,
                         int depth) {
     int n = (int)(take_u8(in) % 17);
     t->num_entries = 0;
     t->entries =
-        n ? amqp_pool_alloc(pool, sizeof *t->entries * (size_t)n) : NULL;
+        n ? warren__arena_alloc(pool, sizeof *t->entries * (size_t)n) : NULL;
     if (t->entries == NULL) {
         return;
     }
     for (int i = 0; i < n && in->n > 0; i++) {
-        amqp_table_entry_t *e = &t->entries[i];
+        warren__table_entry *e = &t->entries[i];
         uint64_t v;
         memset(e, 0, sizeof *e);
         e->key = take_bytes(in, pool);
         static const uint8_t kinds[] = {
-            AMQP_FIELD_KIND_BOOLEAN,   AMQP_FIELD_KIND_I8,
-            AMQP_FIELD_KIND_U8,        AMQP_FIELD_KIND_I16,
-            AMQP_FIELD_KIND_U16,       AMQP_FIELD_KIND_I32,
-            AMQP_FIELD_KIND_U32,       AMQP_FIELD_KIND_I64,
-            AMQP_FIELD_KIND_U64,       AMQP_FIELD_KIND_F32,
-            AMQP_FIELD_KIND_F64,       AMQP_FIELD_KIND_DECIMAL,
-            AMQP_FIELD_KIND_UTF8,      AMQP_FIELD_KIND_ARRAY,
-            AMQP_FIELD_KIND_TIMESTAMP, AMQP_FIELD_KIND_TABLE,
-            AMQP_FIELD_KIND_VOID,      AMQP_FIELD_KIND_BYTES};
+            WARREN__FIELD_BOOLEAN, WARREN__FIELD_I8,    WARREN__FIELD_U8,
+            WARREN__FIELD_I16,     WARREN__FIELD_U16,   WARREN__FIELD_I32,
+            WARREN__FIELD_U32,     WARREN__FIELD_I64,   WARREN__FIELD_U64,
+            WARREN__FIELD_F32,     WARREN__FIELD_F64,   WARREN__FIELD_DECIMAL,
+            WARREN__FIELD_UTF8,    WARREN__FIELD_ARRAY, WARREN__FIELD_TIMESTAMP,
+            WARREN__FIELD_TABLE,   WARREN__FIELD_VOID,  WARREN__FIELD_BYTES};
         e->value.kind = kinds[take_u8(in) % sizeof kinds];
         switch (e->value.kind) {
-        case AMQP_FIELD_KIND_UTF8:
-        case AMQP_FIELD_KIND_BYTES:
+        case WARREN__FIELD_UTF8:
+        case WARREN__FIELD_BYTES:
             e->value.value.bytes = take_bytes(in, pool);
             break;
-        case AMQP_FIELD_KIND_TABLE:
+        case WARREN__FIELD_TABLE:
             if (depth < 2) {
                 build_table(in, pool, &e->value.value.table, depth + 1);
             } else {
-                e->value.kind = AMQP_FIELD_KIND_VOID;
+                e->value.kind = WARREN__FIELD_VOID;
             }
             break;
-        case AMQP_FIELD_KIND_ARRAY:
+        case WARREN__FIELD_ARRAY:
             e->value.value.array.num_entries = 0;
             e->value.value.array.entries = NULL;
             break;
@@ -114,8 +114,9 @@ static void build_table(fuzz_in *in, amqp_pool_t *pool, amqp_table_t *t,
 }
 
 /* Fills `t` from the next bytes: the first byte picks rabbitmq-c's decoder
- * (even) or build_table (odd). Always leaves a valid table, maybe empty. */
-static void fuzz_table(fuzz_in *in, amqp_pool_t *pool, amqp_table_t *t) {
+ * and the session's import (even) or build_table (odd). Always leaves a
+ * valid table, maybe empty. */
+static void fuzz_table(fuzz_in *in, warren__arena *pool, warren__table *t) {
     unsigned mode = take_u8(in);
     t->num_entries = 0;
     t->entries = NULL;
@@ -133,11 +134,16 @@ static void fuzz_table(fuzz_in *in, amqp_pool_t *pool, amqp_table_t *t) {
         return;
     }
     amqp_bytes_t enc = {len, (void *)(uintptr_t)b};
+    amqp_pool_t frame;
+    amqp_table_t decoded;
     size_t off = 0;
-    if (amqp_decode_table(enc, pool, t, &off) != AMQP_STATUS_OK) {
+    init_amqp_pool(&frame, 4096);
+    if (amqp_decode_table(enc, &frame, &decoded, &off) != AMQP_STATUS_OK ||
+        warren__amqp_table_import(&decoded, t, pool) != 0) {
         t->num_entries = 0;
         t->entries = NULL;
     }
+    empty_amqp_pool(&frame);
 }
 
 #endif /* WARREN_FUZZ_INPUT_H */

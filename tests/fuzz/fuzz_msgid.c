@@ -45,8 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_in in = {data, size};
     warren__consumer_cfg c;
     struct warren_msg msg;
-    amqp_pool_t pool;
-    amqp_table_t headers;
+    warren__arena pool;
+    warren__table headers;
     char out[WARREN__ID_MAX + 1];
     char why[256];
     unsigned sel = take_u8(&in);
@@ -58,7 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* The property may be absent, and may be longer than an id may be
      * (a long string property is up to 255 bytes on the wire). */
     char *prop = (sel & 0x20) ? take_cstr(&in, 300) : NULL;
-    init_amqp_pool(&pool, 4096);
+    warren__arena_init(&pool, 4096);
     fuzz_table(&in, &pool, &headers);
 
     /* The rest is the body, copied so reads past its end are caught. */
@@ -73,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     msg.queue = "q";
     msg.exchange = "";
     msg.routing_key = "q";
-    msg.amqp_message_id = prop;
+    msg.message_id_prop = prop;
     msg.body = body;
     msg.body_len = in.n;
     msg.attempt = 1;
@@ -98,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     free(body);
 done:
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
     free(prop);
     free(c.id_arg);
     return 0;

@@ -133,16 +133,16 @@ static void first_json_body(uint8_t **body, size_t *len) {
     assert_non_null(line);
     char *end = strchr(line, '\n');
     size_t n = end ? (size_t)(end - line) : strlen(line);
-    amqp_pool_t pool;
-    amqp_basic_properties_t p;
-    init_amqp_pool(&pool, 4096);
+    warren__arena pool;
+    warren__props p;
+    warren__arena_init(&pool, 4096);
     int rc =
         warren__dlq_from_json(line, n, &pool, &p, body, len, err, sizeof err);
     if (rc != 0) {
         fail_msg("list --json line does not parse: %s: %.*s", err, 300,
                  line + (n > 300 ? n - 300 : 0));
     }
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
     free(buf);
 }
 

@@ -147,32 +147,32 @@ static void test_bad_regex_is_reported_with_regerror_text(void **state) {
 
 /* ---- replay headers ----------------------------------------------------- */
 
-static amqp_table_entry_t str_entry(const char *k, const char *v) {
-    amqp_table_entry_t e;
-    e.key = amqp_cstring_bytes(k);
-    e.value.kind = AMQP_FIELD_KIND_UTF8;
-    e.value.value.bytes = amqp_cstring_bytes(v);
+static warren__table_entry str_entry(const char *k, const char *v) {
+    warren__table_entry e;
+    e.key = warren__cstr_bytes(k);
+    e.value.kind = WARREN__FIELD_UTF8;
+    e.value.value.bytes = warren__cstr_bytes(v);
     return e;
 }
 
-static amqp_table_entry_t int_entry(const char *k, int64_t v) {
-    amqp_table_entry_t e;
-    e.key = amqp_cstring_bytes(k);
-    e.value.kind = AMQP_FIELD_KIND_I64;
+static warren__table_entry int_entry(const char *k, int64_t v) {
+    warren__table_entry e;
+    e.key = warren__cstr_bytes(k);
+    e.value.kind = WARREN__FIELD_I64;
     e.value.value.i64 = v;
     return e;
 }
 
-static const amqp_field_value_t *find(const amqp_table_t *t, const char *k) {
+static const warren__field *find(const warren__table *t, const char *k) {
     return warren__table_find(t, k);
 }
 
 static void
 test_replay_moves_failure_headers_to_history_and_counts_replays(void **state) {
     (void)state;
-    amqp_pool_t pool;
-    amqp_table_t out;
-    amqp_table_entry_t in_e[] = {
+    warren__arena pool;
+    warren__table out;
+    warren__table_entry in_e[] = {
         str_entry("tenant", "acme"),
         str_entry("x-warren-queue", "orders"),
         str_entry("x-warren-error", "bad sku"),
@@ -181,14 +181,14 @@ test_replay_moves_failure_headers_to_history_and_counts_replays(void **state) {
         int_entry("x-warren-attempt", 5),
         str_entry("x-warren-replayed-error", "older failure"),
         int_entry("x-warren-replays", 2)};
-    amqp_table_t in = {sizeof in_e / sizeof in_e[0], in_e};
-    init_amqp_pool(&pool, 1024);
+    warren__table in = {sizeof in_e / sizeof in_e[0], in_e};
+    warren__arena_init(&pool, 1024);
     assert_int_equal(warren__dlq_replay_headers(&in, 0, 999, &pool, &out), 0);
     assert_non_null(find(&out, "tenant"));
     assert_null(find(&out, "x-warren-queue"));
     assert_null(find(&out, "x-warren-error"));
     assert_null(find(&out, "x-warren-attempt"));
-    const amqp_field_value_t *v = find(&out, "x-warren-replayed-error");
+    const warren__field *v = find(&out, "x-warren-replayed-error");
     assert_non_null(v);
     assert_int_equal(v->value.bytes.len, 7); /* "bad sku", not the older */
     assert_memory_equal(v->value.bytes.bytes, "bad sku", 7);
@@ -204,25 +204,24 @@ test_replay_moves_failure_headers_to_history_and_counts_replays(void **state) {
     }
     assert_int_equal(replays, 1);
 
-    recycle_amqp_pool(&pool);
+    warren__arena_recycle(&pool);
     assert_int_equal(warren__dlq_replay_headers(&in, 1, 999, &pool, &out), 0);
     assert_int_equal(out.num_entries, 2); /* tenant, x-warren-replays */
     assert_non_null(find(&out, "tenant"));
     assert_int_equal(find(&out, "x-warren-replays")->value.i64, 3);
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
 }
 
 /* ---- JSON Lines ------------------------------------------------------- */
 
-static int value_equal(const amqp_field_value_t *a,
-                       const amqp_field_value_t *b);
+static int value_equal(const warren__field *a, const warren__field *b);
 
-static int table_equal(const amqp_table_t *a, const amqp_table_t *b) {
+static int table_equal(const warren__table *a, const warren__table *b) {
     if (a->num_entries != b->num_entries) {
         return 0;
     }
     for (int i = 0; i < a->num_entries; i++) {
-        const amqp_table_entry_t *x = &a->entries[i], *y = &b->entries[i];
+        const warren__table_entry *x = &a->entries[i], *y = &b->entries[i];
         if (x->key.len != y->key.len ||
             memcmp(x->key.bytes, y->key.bytes, x->key.len) != 0 ||
             !value_equal(&x->value, &y->value)) {
@@ -234,21 +233,20 @@ static int table_equal(const amqp_table_t *a, const amqp_table_t *b) {
     return 1;
 }
 
-static int value_equal(const amqp_field_value_t *a,
-                       const amqp_field_value_t *b) {
+static int value_equal(const warren__field *a, const warren__field *b) {
     if (a->kind != b->kind) {
         return 0;
     }
     switch (a->kind) {
-    case AMQP_FIELD_KIND_UTF8:
-    case AMQP_FIELD_KIND_BYTES:
+    case WARREN__FIELD_UTF8:
+    case WARREN__FIELD_BYTES:
         return a->value.bytes.len == b->value.bytes.len &&
                (a->value.bytes.len == 0 ||
                 memcmp(a->value.bytes.bytes, b->value.bytes.bytes,
                        a->value.bytes.len) == 0);
-    case AMQP_FIELD_KIND_TABLE:
+    case WARREN__FIELD_TABLE:
         return table_equal(&a->value.table, &b->value.table);
-    case AMQP_FIELD_KIND_ARRAY:
+    case WARREN__FIELD_ARRAY:
         if (a->value.array.num_entries != b->value.array.num_entries) {
             return 0;
         }
@@ -259,28 +257,28 @@ static int value_equal(const amqp_field_value_t *a,
             }
         }
         return 1;
-    case AMQP_FIELD_KIND_F32:
+    case WARREN__FIELD_F32:
         return memcmp(&a->value.f32, &b->value.f32, sizeof(float)) == 0;
-    case AMQP_FIELD_KIND_F64:
+    case WARREN__FIELD_F64:
         return memcmp(&a->value.f64, &b->value.f64, sizeof(double)) == 0;
-    case AMQP_FIELD_KIND_DECIMAL:
+    case WARREN__FIELD_DECIMAL:
         return a->value.decimal.decimals == b->value.decimal.decimals &&
                a->value.decimal.value == b->value.decimal.value;
-    case AMQP_FIELD_KIND_VOID:
+    case WARREN__FIELD_VOID:
         return 1;
-    case AMQP_FIELD_KIND_BOOLEAN:
+    case WARREN__FIELD_BOOLEAN:
         return !a->value.boolean == !b->value.boolean;
-    case AMQP_FIELD_KIND_I8:
+    case WARREN__FIELD_I8:
         return a->value.i8 == b->value.i8;
-    case AMQP_FIELD_KIND_U8:
+    case WARREN__FIELD_U8:
         return a->value.u8 == b->value.u8;
-    case AMQP_FIELD_KIND_I16:
+    case WARREN__FIELD_I16:
         return a->value.i16 == b->value.i16;
-    case AMQP_FIELD_KIND_U16:
+    case WARREN__FIELD_U16:
         return a->value.u16 == b->value.u16;
-    case AMQP_FIELD_KIND_I32:
+    case WARREN__FIELD_I32:
         return a->value.i32 == b->value.i32;
-    case AMQP_FIELD_KIND_U32:
+    case WARREN__FIELD_U32:
         return a->value.u32 == b->value.u32;
     default: /* i64, u64, timestamp */
         return a->value.u64 == b->value.u64;
@@ -291,100 +289,98 @@ static const uint8_t binary_body[] = {0x00, 0xff, 0xfe, 0x80, 'a',
                                       0x00, 0xc3, 0x28, 0x01, 0x7f};
 
 /* Every kind rabbitmq-c knows, including nesting and a non-UTF-8 key. */
-static void build_all_kinds(amqp_table_entry_t *e, int *n,
-                            amqp_field_value_t *arr,
-                            amqp_table_entry_t *inner) {
+static void build_all_kinds(warren__table_entry *e, int *n, warren__field *arr,
+                            warren__table_entry *inner) {
     int i = 0;
-#define KV(k, kindv) (e[i].key = amqp_cstring_bytes(k), e[i].value.kind = kindv)
-    KV("bool", AMQP_FIELD_KIND_BOOLEAN);
+#define KV(k, kindv) (e[i].key = warren__cstr_bytes(k), e[i].value.kind = kindv)
+    KV("bool", WARREN__FIELD_BOOLEAN);
     e[i++].value.value.boolean = 1;
-    KV("i8", AMQP_FIELD_KIND_I8);
+    KV("i8", WARREN__FIELD_I8);
     e[i++].value.value.i8 = -128;
-    KV("u8", AMQP_FIELD_KIND_U8);
+    KV("u8", WARREN__FIELD_U8);
     e[i++].value.value.u8 = 255;
-    KV("i16", AMQP_FIELD_KIND_I16);
+    KV("i16", WARREN__FIELD_I16);
     e[i++].value.value.i16 = -32768;
-    KV("u16", AMQP_FIELD_KIND_U16);
+    KV("u16", WARREN__FIELD_U16);
     e[i++].value.value.u16 = 65535;
-    KV("i32", AMQP_FIELD_KIND_I32);
+    KV("i32", WARREN__FIELD_I32);
     e[i++].value.value.i32 = INT32_MIN;
-    KV("u32", AMQP_FIELD_KIND_U32);
+    KV("u32", WARREN__FIELD_U32);
     e[i++].value.value.u32 = UINT32_MAX;
-    KV("i64", AMQP_FIELD_KIND_I64);
+    KV("i64", WARREN__FIELD_I64);
     e[i++].value.value.i64 = INT64_MIN + 1;
-    KV("u64", AMQP_FIELD_KIND_U64);
+    KV("u64", WARREN__FIELD_U64);
     e[i++].value.value.u64 = UINT64_MAX;
-    KV("ts", AMQP_FIELD_KIND_TIMESTAMP);
+    KV("ts", WARREN__FIELD_TIMESTAMP);
     e[i++].value.value.u64 = 1795669200;
-    KV("f32", AMQP_FIELD_KIND_F32);
+    KV("f32", WARREN__FIELD_F32);
     e[i++].value.value.f32 = 0.1f;
-    KV("f64", AMQP_FIELD_KIND_F64);
+    KV("f64", WARREN__FIELD_F64);
     e[i++].value.value.f64 = 0.1 + 0.2;
-    KV("inf", AMQP_FIELD_KIND_F64);
+    KV("inf", WARREN__FIELD_F64);
     e[i++].value.value.f64 = -INFINITY;
-    KV("dec", AMQP_FIELD_KIND_DECIMAL);
+    KV("dec", WARREN__FIELD_DECIMAL);
     e[i].value.value.decimal.decimals = 2;
     e[i++].value.value.decimal.value = 12345;
-    KV("str", AMQP_FIELD_KIND_UTF8);
-    e[i++].value.value.bytes = amqp_cstring_bytes("h\xc3\xa9llo \"q\" \n");
-    KV("bin", AMQP_FIELD_KIND_BYTES);
+    KV("str", WARREN__FIELD_UTF8);
+    e[i++].value.value.bytes = warren__cstr_bytes("h\xc3\xa9llo \"q\" \n");
+    KV("bin", WARREN__FIELD_BYTES);
     e[i++].value.value.bytes =
-        (amqp_bytes_t){sizeof binary_body, (void *)binary_body};
-    KV("void", AMQP_FIELD_KIND_VOID);
+        (warren__bytes){sizeof binary_body, (void *)binary_body};
+    KV("void", WARREN__FIELD_VOID);
     i++;
-    arr[0].kind = AMQP_FIELD_KIND_I32;
+    arr[0].kind = WARREN__FIELD_I32;
     arr[0].value.i32 = 7;
-    arr[1].kind = AMQP_FIELD_KIND_UTF8;
-    arr[1].value.bytes = amqp_cstring_bytes("x");
-    KV("arr", AMQP_FIELD_KIND_ARRAY);
+    arr[1].kind = WARREN__FIELD_UTF8;
+    arr[1].value.bytes = warren__cstr_bytes("x");
+    KV("arr", WARREN__FIELD_ARRAY);
     e[i].value.value.array.num_entries = 2;
     e[i++].value.value.array.entries = arr;
-    inner[0].key = amqp_cstring_bytes("deep");
-    inner[0].value.kind = AMQP_FIELD_KIND_ARRAY;
+    inner[0].key = warren__cstr_bytes("deep");
+    inner[0].value.kind = WARREN__FIELD_ARRAY;
     inner[0].value.value.array.num_entries = 1;
     inner[0].value.value.array.entries = arr;
-    KV("tbl", AMQP_FIELD_KIND_TABLE);
+    KV("tbl", WARREN__FIELD_TABLE);
     e[i].value.value.table.num_entries = 1;
     e[i++].value.value.table.entries = inner;
-    e[i].key = (amqp_bytes_t){2, (void *)"\xff\xfe"};
-    e[i].value.kind = AMQP_FIELD_KIND_UTF8;
-    e[i++].value.value.bytes = amqp_empty_bytes;
-    KV("str", AMQP_FIELD_KIND_I8); /* duplicate key: order kept */
+    e[i].key = (warren__bytes){2, (void *)"\xff\xfe"};
+    e[i].value.kind = WARREN__FIELD_UTF8;
+    e[i++].value.value.bytes = ((warren__bytes){0, NULL});
+    KV("str", WARREN__FIELD_I8); /* duplicate key: order kept */
     e[i++].value.value.i8 = 1;
 #undef KV
     *n = i;
 }
 
-static void roundtrip(const amqp_basic_properties_t *p, const void *body,
-                      size_t len) {
+static void roundtrip(const warren__props *p, const void *body, size_t len) {
     cJSON *j = warren__dlq_to_json(p, body, len);
     assert_non_null(j);
     char *line = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     assert_null(strchr(line, '\n')); /* one line per message */
-    amqp_pool_t pool;
-    amqp_basic_properties_t q;
+    warren__arena pool;
+    warren__props q;
     uint8_t *b;
     size_t blen;
     char err[256];
-    init_amqp_pool(&pool, 4096);
+    warren__arena_init(&pool, 4096);
     assert_int_equal(warren__dlq_from_json(line, strlen(line), &pool, &q, &b,
                                            &blen, err, sizeof err),
                      0);
-    assert_int_equal(q._flags, p->_flags);
+    assert_int_equal(q.flags, p->flags);
     assert_int_equal(blen, len);
     if (len) {
         assert_memory_equal(b, body, len);
     }
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+    if (p->flags & WARREN__PROP_HEADERS) {
         assert_true(table_equal(&p->headers, &q.headers));
     }
-    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+    if (p->flags & WARREN__PROP_MESSAGE_ID) {
         assert_int_equal(q.message_id.len, p->message_id.len);
         assert_memory_equal(q.message_id.bytes, p->message_id.bytes,
                             p->message_id.len);
     }
-    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) {
+    if (p->flags & WARREN__PROP_CORRELATION_ID) {
         assert_int_equal(q.correlation_id.len, p->correlation_id.len);
         assert_memory_equal(q.correlation_id.bytes, p->correlation_id.bytes,
                             p->correlation_id.len);
@@ -394,39 +390,38 @@ static void roundtrip(const amqp_basic_properties_t *p, const void *body,
     assert_int_equal(q.delivery_mode, p->delivery_mode);
     free(b);
     cJSON_free(line);
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
 }
 
 static void
 test_jsonl_round_trip_keeps_every_header_kind_and_binary_body(void **state) {
     (void)state;
-    amqp_table_entry_t e[32], inner[1];
-    amqp_field_value_t arr[2];
+    warren__table_entry e[32], inner[1];
+    warren__field arr[2];
     int n;
     build_all_kinds(e, &n, arr, inner);
-    amqp_basic_properties_t p;
+    warren__props p;
     memset(&p, 0, sizeof p);
-    p._flags = AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-               AMQP_BASIC_CONTENT_ENCODING_FLAG |
-               AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_PRIORITY_FLAG |
-               AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
-               AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG |
-               AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_TYPE_FLAG |
-               AMQP_BASIC_USER_ID_FLAG | AMQP_BASIC_APP_ID_FLAG |
-               AMQP_BASIC_CLUSTER_ID_FLAG;
-    p.content_type = amqp_cstring_bytes("application/octet-stream");
-    p.content_encoding = amqp_cstring_bytes("gzip");
+    p.flags = WARREN__PROP_HEADERS | WARREN__PROP_CONTENT_TYPE |
+              WARREN__PROP_CONTENT_ENCODING | WARREN__PROP_DELIVERY_MODE |
+              WARREN__PROP_PRIORITY | WARREN__PROP_CORRELATION_ID |
+              WARREN__PROP_REPLY_TO | WARREN__PROP_EXPIRATION |
+              WARREN__PROP_MESSAGE_ID | WARREN__PROP_TIMESTAMP |
+              WARREN__PROP_TYPE | WARREN__PROP_USER_ID | WARREN__PROP_APP_ID |
+              WARREN__PROP_CLUSTER_ID;
+    p.content_type = warren__cstr_bytes("application/octet-stream");
+    p.content_encoding = warren__cstr_bytes("gzip");
     p.delivery_mode = 2;
     p.priority = 9;
-    p.correlation_id = (amqp_bytes_t){3, (void *)"\x80\x81\x82"};
-    p.reply_to = amqp_cstring_bytes("replies");
-    p.expiration = amqp_cstring_bytes("60000");
-    p.message_id = amqp_cstring_bytes("order-\xe2\x82\xac-1");
+    p.correlation_id = (warren__bytes){3, (void *)"\x80\x81\x82"};
+    p.reply_to = warren__cstr_bytes("replies");
+    p.expiration = warren__cstr_bytes("60000");
+    p.message_id = warren__cstr_bytes("order-\xe2\x82\xac-1");
     p.timestamp = UINT64_MAX;
-    p.type = amqp_cstring_bytes("order.created");
-    p.user_id = amqp_cstring_bytes("guest");
-    p.app_id = amqp_cstring_bytes("shop");
-    p.cluster_id = amqp_cstring_bytes("");
+    p.type = warren__cstr_bytes("order.created");
+    p.user_id = warren__cstr_bytes("guest");
+    p.app_id = warren__cstr_bytes("shop");
+    p.cluster_id = warren__cstr_bytes("");
     p.headers.num_entries = n;
     p.headers.entries = e;
     roundtrip(&p, binary_body, sizeof binary_body);
@@ -483,12 +478,12 @@ static void test_malformed_lines_say_what_is_wrong(void **state) {
         {"{\"v\":1,\"headers\":{\"a\":1},\"body\":\"\"}", "expected an array"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        amqp_pool_t pool;
-        amqp_basic_properties_t p;
+        warren__arena pool;
+        warren__props p;
         uint8_t *b;
         size_t blen;
         char err[256] = "";
-        init_amqp_pool(&pool, 1024);
+        warren__arena_init(&pool, 1024);
         int rc = warren__dlq_from_json(cases[i].line, strlen(cases[i].line),
                                        &pool, &p, &b, &blen, err, sizeof err);
         if (rc != WARREN_ERR_INVAL || strstr(err, cases[i].want) == NULL) {
@@ -496,7 +491,7 @@ static void test_malformed_lines_say_what_is_wrong(void **state) {
                      cases[i].line, rc, err, cases[i].want);
         }
         assert_null(b);
-        empty_amqp_pool(&pool);
+        warren__arena_empty(&pool);
     }
 }
 
@@ -504,48 +499,48 @@ static void test_malformed_lines_say_what_is_wrong(void **state) {
  * time come from the first (most recent) x-death table. */
 static void test_broker_dead_letter_is_described_from_x_death(void **state) {
     (void)state;
-    amqp_field_value_t rk[1];
-    rk[0].kind = AMQP_FIELD_KIND_UTF8;
-    rk[0].value.bytes = amqp_cstring_bytes("orders.created");
-    amqp_table_entry_t d1[6], d0[3], h[2];
-#define KV(a, i, k, kd) (a[i].key = amqp_cstring_bytes(k), a[i].value.kind = kd)
-    KV(d1, 0, "count", AMQP_FIELD_KIND_I64);
+    warren__field rk[1];
+    rk[0].kind = WARREN__FIELD_UTF8;
+    rk[0].value.bytes = warren__cstr_bytes("orders.created");
+    warren__table_entry d1[6], d0[3], h[2];
+#define KV(a, i, k, kd) (a[i].key = warren__cstr_bytes(k), a[i].value.kind = kd)
+    KV(d1, 0, "count", WARREN__FIELD_I64);
     d1[0].value.value.i64 = 3;
-    KV(d1, 1, "reason", AMQP_FIELD_KIND_UTF8);
-    d1[1].value.value.bytes = amqp_cstring_bytes("delivery_limit");
-    KV(d1, 2, "queue", AMQP_FIELD_KIND_UTF8);
-    d1[2].value.value.bytes = amqp_cstring_bytes("orders");
-    KV(d1, 3, "time", AMQP_FIELD_KIND_TIMESTAMP);
+    KV(d1, 1, "reason", WARREN__FIELD_UTF8);
+    d1[1].value.value.bytes = warren__cstr_bytes("delivery_limit");
+    KV(d1, 2, "queue", WARREN__FIELD_UTF8);
+    d1[2].value.value.bytes = warren__cstr_bytes("orders");
+    KV(d1, 3, "time", WARREN__FIELD_TIMESTAMP);
     d1[3].value.value.u64 = 1795669200;
-    KV(d1, 4, "exchange", AMQP_FIELD_KIND_UTF8);
-    d1[4].value.value.bytes = amqp_cstring_bytes("shop");
-    KV(d1, 5, "routing-keys", AMQP_FIELD_KIND_ARRAY);
-    d1[5].value.value.array = (amqp_array_t){1, rk};
+    KV(d1, 4, "exchange", WARREN__FIELD_UTF8);
+    d1[4].value.value.bytes = warren__cstr_bytes("shop");
+    KV(d1, 5, "routing-keys", WARREN__FIELD_ARRAY);
+    d1[5].value.value.array = (warren__array){1, rk};
     /* An older death (e.g. a TTL on the way back): not the one shown. */
-    KV(d0, 0, "count", AMQP_FIELD_KIND_I64);
+    KV(d0, 0, "count", WARREN__FIELD_I64);
     d0[0].value.value.i64 = 1;
-    KV(d0, 1, "reason", AMQP_FIELD_KIND_UTF8);
-    d0[1].value.value.bytes = amqp_cstring_bytes("expired");
-    KV(d0, 2, "queue", AMQP_FIELD_KIND_UTF8);
-    d0[2].value.value.bytes = amqp_cstring_bytes("orders.retry");
-    amqp_field_value_t deaths[2];
-    deaths[0].kind = AMQP_FIELD_KIND_TABLE;
-    deaths[0].value.table = (amqp_table_t){6, d1};
-    deaths[1].kind = AMQP_FIELD_KIND_TABLE;
-    deaths[1].value.table = (amqp_table_t){3, d0};
-    KV(h, 0, "x-death", AMQP_FIELD_KIND_ARRAY);
-    h[0].value.value.array = (amqp_array_t){2, deaths};
-    KV(h, 1, "x-warren-error", AMQP_FIELD_KIND_UTF8);
-    h[1].value.value.bytes = amqp_cstring_bytes("stock service said 503");
+    KV(d0, 1, "reason", WARREN__FIELD_UTF8);
+    d0[1].value.value.bytes = warren__cstr_bytes("expired");
+    KV(d0, 2, "queue", WARREN__FIELD_UTF8);
+    d0[2].value.value.bytes = warren__cstr_bytes("orders.retry");
+    warren__field deaths[2];
+    deaths[0].kind = WARREN__FIELD_TABLE;
+    deaths[0].value.table = (warren__table){6, d1};
+    deaths[1].kind = WARREN__FIELD_TABLE;
+    deaths[1].value.table = (warren__table){3, d0};
+    KV(h, 0, "x-death", WARREN__FIELD_ARRAY);
+    h[0].value.value.array = (warren__array){2, deaths};
+    KV(h, 1, "x-warren-error", WARREN__FIELD_UTF8);
+    h[1].value.value.bytes = warren__cstr_bytes("stock service said 503");
 #undef KV
-    amqp_table_t headers = {1, h};
+    warren__table headers = {1, h};
     warren__consumer_cfg c;
     memset(&c, 0, sizeof c);
     c.queue = "orders";
     struct warren_msg m;
     memset(&m, 0, sizeof m);
     m.headers = &headers;
-    m.amqp_message_id = "o-1";
+    m.message_id_prop = "o-1";
     warren__dlq_entry e;
     warren__dlq_entry_fill(&e, &c, &m);
     assert_string_equal(e.error, "broker: delivery_limit in queue orders "
@@ -570,13 +565,13 @@ static void test_broker_dead_letter_is_described_from_x_death(void **state) {
 
     /* A letter warren dead-lettered (x-warren-dead-at) keeps its own
      * fields even when it also carries an x-death from its retries. */
-    amqp_table_entry_t w[3];
+    warren__table_entry w[3];
     w[0] = h[0];
     w[1] = h[1];
-    w[2].key = amqp_cstring_bytes("x-warren-dead-at");
-    w[2].value.kind = AMQP_FIELD_KIND_I64;
+    w[2].key = warren__cstr_bytes("x-warren-dead-at");
+    w[2].value.kind = WARREN__FIELD_I64;
     w[2].value.value.i64 = 42;
-    amqp_table_t wh = {3, w};
+    warren__table wh = {3, w};
     m.headers = &wh;
     warren__dlq_entry_fill(&e, &c, &m);
     assert_string_equal(e.error, "stock service said 503");
@@ -584,7 +579,7 @@ static void test_broker_dead_letter_is_described_from_x_death(void **state) {
     assert_string_equal(e.routing_key, "");
 
     /* No x-death and no warren headers: blank, as before. */
-    amqp_table_t none = {0, NULL};
+    warren__table none = {0, NULL};
     m.headers = &none;
     warren__dlq_entry_fill(&e, &c, &m);
     assert_string_equal(e.error, "");
@@ -595,13 +590,13 @@ static void test_broker_dead_letter_is_described_from_x_death(void **state) {
  * (a wrapped, negative one would read as 0 and never re-run a dead id). */
 static void test_replay_generation_saturates(void **state) {
     (void)state;
-    amqp_table_entry_t e[1];
-    e[0].key = amqp_cstring_bytes("x-warren-replays");
-    e[0].value.kind = AMQP_FIELD_KIND_I64;
+    warren__table_entry e[1];
+    e[0].key = warren__cstr_bytes("x-warren-replays");
+    e[0].value.kind = WARREN__FIELD_I64;
     e[0].value.value.i64 = INT64_MAX;
-    amqp_table_t in = {1, e}, out;
-    amqp_pool_t pool;
-    init_amqp_pool(&pool, 1024);
+    warren__table in = {1, e}, out;
+    warren__arena pool;
+    warren__arena_init(&pool, 1024);
     assert_int_equal(warren__dlq_replay_headers(&in, 1, 0, &pool, &out), 0);
     struct warren_msg m = {.headers = &out};
     int64_t v = 0;
@@ -611,13 +606,13 @@ static void test_replay_generation_saturates(void **state) {
     assert_int_equal(warren__dlq_replay_headers(&in, 1, 0, &pool, &out), 0);
     assert_int_equal(warren_msg_header_int(&m, "x-warren-replays", &v), 0);
     assert_int_equal(v, 42);
-    empty_amqp_pool(&pool);
+    warren__arena_empty(&pool);
 }
 
 /* A body over the read limit: its announced size, marked unread. */
 static void test_unread_body_keeps_its_announced_size(void **state) {
     (void)state;
-    amqp_table_t none = {0, NULL};
+    warren__table none = {0, NULL};
     warren__consumer_cfg c;
     memset(&c, 0, sizeof c);
     c.queue = "orders";

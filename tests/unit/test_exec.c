@@ -30,7 +30,7 @@
 #include "msg.h"
 
 static char dir[64];
-static amqp_table_t empty_headers;
+static warren__table empty_headers;
 static struct warren_msg msg;
 static struct warren_ctx ctx;
 

@@ -16,55 +16,55 @@
 
 enum { N_ENTRIES = 20 };
 
-static amqp_table_entry_t entries[N_ENTRIES];
-static amqp_table_t table;
+static warren__table_entry entries[N_ENTRIES];
+static warren__table table;
 static struct warren_msg msg;
 
 static void put(int i, const char *key, uint8_t kind) {
-    entries[i].key = amqp_cstring_bytes(key);
+    entries[i].key = warren__cstr_bytes(key);
     entries[i].value.kind = kind;
 }
 
 static int setup(void **state) {
     (void)state;
     memset(entries, 0, sizeof entries);
-    put(0, "i8", AMQP_FIELD_KIND_I8);
+    put(0, "i8", WARREN__FIELD_I8);
     entries[0].value.value.i8 = -8;
-    put(1, "u8", AMQP_FIELD_KIND_U8);
+    put(1, "u8", WARREN__FIELD_U8);
     entries[1].value.value.u8 = 200;
-    put(2, "i16", AMQP_FIELD_KIND_I16);
+    put(2, "i16", WARREN__FIELD_I16);
     entries[2].value.value.i16 = -30000;
-    put(3, "u16", AMQP_FIELD_KIND_U16);
+    put(3, "u16", WARREN__FIELD_U16);
     entries[3].value.value.u16 = 60000;
-    put(4, "i32", AMQP_FIELD_KIND_I32);
+    put(4, "i32", WARREN__FIELD_I32);
     entries[4].value.value.i32 = INT32_MIN;
-    put(5, "u32", AMQP_FIELD_KIND_U32);
+    put(5, "u32", WARREN__FIELD_U32);
     entries[5].value.value.u32 = UINT32_MAX;
-    put(6, "i64", AMQP_FIELD_KIND_I64);
+    put(6, "i64", WARREN__FIELD_I64);
     entries[6].value.value.i64 = INT64_MIN;
-    put(7, "u64", AMQP_FIELD_KIND_U64);
+    put(7, "u64", WARREN__FIELD_U64);
     entries[7].value.value.u64 = (uint64_t)INT64_MAX;
-    put(8, "u64big", AMQP_FIELD_KIND_U64);
+    put(8, "u64big", WARREN__FIELD_U64);
     entries[8].value.value.u64 = (uint64_t)INT64_MAX + 1;
-    put(9, "f32", AMQP_FIELD_KIND_F32);
+    put(9, "f32", WARREN__FIELD_F32);
     entries[9].value.value.f32 = 1.5f;
-    put(10, "f64", AMQP_FIELD_KIND_F64);
+    put(10, "f64", WARREN__FIELD_F64);
     entries[10].value.value.f64 = -2.25;
-    put(11, "bool", AMQP_FIELD_KIND_BOOLEAN);
+    put(11, "bool", WARREN__FIELD_BOOLEAN);
     entries[11].value.value.boolean = 1;
-    put(12, "ts", AMQP_FIELD_KIND_TIMESTAMP);
+    put(12, "ts", WARREN__FIELD_TIMESTAMP);
     entries[12].value.value.u64 = 1700000000;
-    put(13, "str", AMQP_FIELD_KIND_UTF8);
-    entries[13].value.value.bytes = amqp_cstring_bytes("hello");
-    put(14, "bytes", AMQP_FIELD_KIND_BYTES);
-    entries[14].value.value.bytes = (amqp_bytes_t){3, (void *)"a\0b"};
-    put(15, "table", AMQP_FIELD_KIND_TABLE);
-    put(16, "array", AMQP_FIELD_KIND_ARRAY);
-    put(17, "decimal", AMQP_FIELD_KIND_DECIMAL);
-    put(18, "void", AMQP_FIELD_KIND_VOID);
-    put(19, "emptystr", AMQP_FIELD_KIND_UTF8);
-    entries[19].value.value.bytes = (amqp_bytes_t){0, NULL};
-    table = (amqp_table_t){N_ENTRIES, entries};
+    put(13, "str", WARREN__FIELD_UTF8);
+    entries[13].value.value.bytes = warren__cstr_bytes("hello");
+    put(14, "bytes", WARREN__FIELD_BYTES);
+    entries[14].value.value.bytes = (warren__bytes){3, (void *)"a\0b"};
+    put(15, "table", WARREN__FIELD_TABLE);
+    put(16, "array", WARREN__FIELD_ARRAY);
+    put(17, "decimal", WARREN__FIELD_DECIMAL);
+    put(18, "void", WARREN__FIELD_VOID);
+    put(19, "emptystr", WARREN__FIELD_UTF8);
+    entries[19].value.value.bytes = (warren__bytes){0, NULL};
+    table = (warren__table){N_ENTRIES, entries};
     memset(&msg, 0, sizeof msg);
     msg.headers = &table;
     msg.body = (const uint8_t *)"payload";
@@ -199,12 +199,12 @@ static void test_wrong_type_lookups_return_inval(void **state) {
 
 static void test_table_find_returns_value_or_null(void **state) {
     (void)state;
-    const amqp_field_value_t *v = warren__table_find(&table, "str");
+    const warren__field *v = warren__table_find(&table, "str");
     assert_non_null(v);
-    assert_int_equal(v->kind, AMQP_FIELD_KIND_UTF8);
+    assert_int_equal(v->kind, WARREN__FIELD_UTF8);
     assert_null(warren__table_find(&table, "missing"));
     assert_null(warren__table_find(NULL, "str"));
-    amqp_table_t empty = {0, NULL};
+    warren__table empty = {0, NULL};
     assert_null(warren__table_find(&empty, "str"));
 }
 

@@ -22,8 +22,8 @@
 
 static warren__consumer_cfg cfg;
 static struct warren_msg msg;
-static amqp_table_entry_t entries[4];
-static amqp_table_t table;
+static warren__table_entry entries[4];
+static warren__table table;
 static char out[WARREN__ID_MAX + 1];
 static char why[512];
 
@@ -35,7 +35,7 @@ static int setup(void **state) {
     cfg.on_missing_id = WARREN__MISSING_DEAD;
     memset(&msg, 0, sizeof msg);
     memset(entries, 0, sizeof entries);
-    table = (amqp_table_t){0, entries};
+    table = (warren__table){0, entries};
     msg.headers = &table;
     msg.body = (const uint8_t *)"abc";
     msg.body_len = 3;
@@ -50,10 +50,10 @@ static void set_body(const char *s) {
 }
 
 static void add_str_header(const char *key, const void *val, size_t len) {
-    amqp_table_entry_t *e = &entries[table.num_entries++];
-    e->key = amqp_cstring_bytes(key);
-    e->value.kind = AMQP_FIELD_KIND_UTF8;
-    e->value.value.bytes = (amqp_bytes_t){len, (void *)val};
+    warren__table_entry *e = &entries[table.num_entries++];
+    e->key = warren__cstr_bytes(key);
+    e->value.kind = WARREN__FIELD_UTF8;
+    e->value.value.bytes = (warren__bytes){len, (void *)val};
 }
 
 static warren__id_verdict run(void) {
@@ -62,7 +62,7 @@ static warren__id_verdict run(void) {
 
 static void test_property_id_is_used_as_sent(void **state) {
     (void)state;
-    msg.amqp_message_id = "order-42";
+    msg.message_id_prop = "order-42";
     assert_int_equal(run(), WARREN__ID_USE);
     assert_string_equal(out, "order-42");
 }
@@ -76,7 +76,7 @@ static void test_missing_property_rejects_naming_policy(void **state) {
 
 static void test_empty_id_is_unusable(void **state) {
     (void)state;
-    msg.amqp_message_id = "";
+    msg.message_id_prop = "";
     assert_int_equal(run(), WARREN__ID_REJECT);
     assert_non_null(strstr(why, "empty"));
 }
@@ -87,7 +87,7 @@ test_256_byte_id_is_used_and_257_rejected_untruncated(void **state) {
     (void)state;
     memset(id, 'a', WARREN__ID_MAX);
     id[WARREN__ID_MAX] = '\0';
-    msg.amqp_message_id = id;
+    msg.message_id_prop = id;
     assert_int_equal(run(), WARREN__ID_USE);
     assert_int_equal(strlen(out), WARREN__ID_MAX);
     id[WARREN__ID_MAX] = 'a';
@@ -99,7 +99,7 @@ test_256_byte_id_is_used_and_257_rejected_untruncated(void **state) {
 
 static void test_invalid_utf8_id_is_unusable(void **state) {
     (void)state;
-    msg.amqp_message_id = "bad\xC3\x28";
+    msg.message_id_prop = "bad\xC3\x28";
     assert_int_equal(run(), WARREN__ID_REJECT);
     assert_non_null(strstr(why, "UTF-8"));
 }
@@ -126,9 +126,9 @@ static void test_header_integer_id_is_formatted_decimal(void **state) {
     (void)state;
     cfg.id_source = WARREN__ID_HEADER;
     cfg.id_arg = "x-id";
-    amqp_table_entry_t *e = &entries[table.num_entries++];
-    e->key = amqp_cstring_bytes("x-id");
-    e->value.kind = AMQP_FIELD_KIND_I64;
+    warren__table_entry *e = &entries[table.num_entries++];
+    e->key = warren__cstr_bytes("x-id");
+    e->value.kind = WARREN__FIELD_I64;
     e->value.value.i64 = -1234567890123LL;
     assert_int_equal(run(), WARREN__ID_USE);
     assert_string_equal(out, "-1234567890123");
@@ -140,9 +140,9 @@ static void test_header_missing_or_wrong_type_is_unusable(void **state) {
     cfg.id_arg = "x-id";
     assert_int_equal(run(), WARREN__ID_REJECT);
     assert_non_null(strstr(why, "no header 'x-id'"));
-    amqp_table_entry_t *e = &entries[table.num_entries++];
-    e->key = amqp_cstring_bytes("x-id");
-    e->value.kind = AMQP_FIELD_KIND_F64;
+    warren__table_entry *e = &entries[table.num_entries++];
+    e->key = warren__cstr_bytes("x-id");
+    e->value.kind = WARREN__FIELD_F64;
     e->value.value.f64 = 1.5;
     assert_int_equal(run(), WARREN__ID_REJECT);
     assert_non_null(strstr(why, "not a string or integer"));
@@ -309,7 +309,7 @@ static void test_on_missing_hash_falls_back_to_sha256(void **state) {
     cfg.on_missing_id = WARREN__MISSING_HASH;
     assert_int_equal(run(), WARREN__ID_USE);
     assert_string_equal(out, SHA_ABC);
-    msg.amqp_message_id = "bad\xFF";
+    msg.message_id_prop = "bad\xFF";
     assert_int_equal(run(), WARREN__ID_USE);
     assert_string_equal(out, SHA_ABC);
 }

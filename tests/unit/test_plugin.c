@@ -27,7 +27,7 @@
 #include "store.h"
 
 static char dir[64];
-static amqp_table_t empty_headers;
+static warren__table empty_headers;
 static struct warren_msg msg;
 static struct warren_ctx ctx;
 
@@ -144,16 +144,16 @@ static void test_example_plugin_results_follow_x_fail_header(void **state) {
         0);
     assert_int_equal(warren__handler_call(h, &msg, &ctx), WARREN_ACK);
 
-    amqp_table_entry_t e;
-    amqp_table_t t = {1, &e};
-    e.key = amqp_cstring_bytes("x-fail");
-    e.value.kind = AMQP_FIELD_KIND_UTF8;
-    e.value.value.bytes = amqp_cstring_bytes("dead");
+    warren__table_entry e;
+    warren__table t = {1, &e};
+    e.key = warren__cstr_bytes("x-fail");
+    e.value.kind = WARREN__FIELD_UTF8;
+    e.value.value.bytes = warren__cstr_bytes("dead");
     msg.headers = &t;
     assert_int_equal(warren__handler_call(h, &msg, &ctx), WARREN_DEAD);
     assert_non_null(strstr(ctx.error, "orders-demo"));
     assert_non_null(strstr(ctx.error, "x-fail=dead"));
-    e.value.value.bytes = amqp_cstring_bytes("retry");
+    e.value.value.bytes = warren__cstr_bytes("retry");
     assert_int_equal(warren__handler_call(h, &msg, &ctx), WARREN_RETRY);
     assert_non_null(strstr(ctx.error, "x-fail=retry"));
     warren__handler_free(h);
