@@ -40,14 +40,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h" /* shutdown_grace_s, workers per consumer */
+#include "backoff.h" /* the restart delay */
+#include "config.h"  /* shutdown_grace_s, workers per consumer */
 #include "failover.h"
 #include "log.h"
 #include "store.h"
 #include "wstats.h"
 
-#define RESTART_MIN_MS 500
-#define RESTART_MAX_MS 30000
 #define EARLY_MS 10000 /* unreachable this early: the operator's problem */
 #define DEADLINE_CHECK_MS 200
 #define DEADLINE_GRACE_MIN_MS 5000
@@ -367,11 +366,8 @@ static void on_exit_child(pool *p, int slot, int status, int *stopping,
     if (now - c->started_ms > 60000) {
         c->restarts = 0; /* it ran fine for a while */
     }
-    int64_t delay = (int64_t)RESTART_MIN_MS
-                    << (c->restarts < 6 ? c->restarts : 6);
-    if (delay > RESTART_MAX_MS) {
-        delay = RESTART_MAX_MS;
-    }
+    /* The schedule a worker's own reconnects follow (backoff.c). */
+    int64_t delay = warren__backoff_reconnect_ms(c->restarts + 1);
     c->restarts++;
     c->restart_at_ms = now + delay;
     pthread_mutex_lock(&p->view.lock);

@@ -1,6 +1,7 @@
 /*
  * backoff.c - how long a failed message waits before its next attempt, and
- * the process's source of jitter.
+ * the process's source of jitter; also the reconnect/restart schedule
+ * that a worker's session and `warren run`'s supervisor share.
  *
  * The delay functions are pure: same policy, attempt and `u`, same answer.
  * They never overflow (the exponent is applied in double precision and
@@ -104,6 +105,16 @@ uint32_t warren__backoff_delay_ms(const warren__backoff_cfg *b, int attempt,
     /* The cap applies after jitter too: max_ms is a promise to the
      * operator, and jitter only spreads delays below it. */
     return clamp_round(base * (1.0 - j + 2.0 * j * u), cap_ms(b));
+}
+
+uint32_t warren__backoff_reconnect_ms(int failures) {
+    static const warren__backoff_cfg reconnect = {
+        .kind = WARREN__BACKOFF_EXPONENTIAL,
+        .initial_ms = 500,
+        .multiplier = 2.0,
+        .max_ms = 30000,
+    };
+    return warren__backoff_base_ms(&reconnect, failures);
 }
 
 /* Per thread, so workers never contend on (or race over) one state. */

@@ -28,6 +28,12 @@ uint32_t warren__backoff_base_ms(const warren__backoff_cfg *b, int attempt);
 uint32_t warren__backoff_delay_ms(const warren__backoff_cfg *b, int attempt,
                                   double u);
 
+/* Delay before a worker's next reconnect, or `warren run`'s next restart
+ * of a worker, after `failures` consecutive failures (1-based): 500 ms,
+ * doubling, at most 30 s; before jitter, which each caller adds its own
+ * way. */
+uint32_t warren__backoff_reconnect_ms(int failures);
+
 /* A small seam for randomness: returns a uniform double in [0, 1). */
 double warren__rng_uniform(void);
 

@@ -20,6 +20,7 @@
  * run first, as the half-open trials (see hold_for_breaker()).
  */
 #include "worker_impl.h"
+#include "backoff.h"
 #include "failover.h"
 #include "hostid.h"
 #include "log.h"
@@ -36,8 +37,6 @@
 
 #define PRUNE_EVERY_MS 60000
 #define PRUNE_BATCH 500
-#define RECONNECT_MIN_MS 500
-#define RECONNECT_MAX_MS 30000
 
 void warren__worker_set_err(warren_worker *w, const char *fmt, ...) {
     va_list ap;
@@ -339,8 +338,7 @@ static void sleep_ms(warren_worker *w, int64_t ms) {
 }
 
 int warren_worker_run(warren_worker *w) {
-    int rc, ever_connected = 0, first_tries = 0;
-    int64_t backoff_ms = RECONNECT_MIN_MS;
+    int rc, ever_connected = 0, first_tries = 0, reconnect_failures = 0;
     w->err[0] = '\0';
     rc = warren__host_id(w->host, sizeof w->host, w->err, sizeof w->err);
     if (rc != 0) {
@@ -385,6 +383,8 @@ int warren_worker_run(warren_worker *w) {
             if (!ever_connected || fatal) {
                 break; /* a first failure is the operator's to see */
             }
+            int64_t backoff_ms =
+                warren__backoff_reconnect_ms(++reconnect_failures);
             warren__log(WARREN_LOG_WARN,
                         &(warren__log_fields){"reconnect", w->c->queue, NULL,
                                               NULL, -1, backoff_ms},
@@ -392,8 +392,6 @@ int warren_worker_run(warren_worker *w) {
                         w->err);
             sleep_ms(w, backoff_ms + (int64_t)(warren__rng_uniform() *
                                                (double)backoff_ms / 2));
-            backoff_ms = backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS
-                                                           : backoff_ms * 2;
             rc = 0;
             continue;
         }
@@ -409,7 +407,7 @@ int warren_worker_run(warren_worker *w) {
                                       memory_order_relaxed);
         }
         ever_connected = 1;
-        backoff_ms = RECONNECT_MIN_MS;
+        reconnect_failures = 0;
         atomic_store_explicit(&w->ws->connected, 1, memory_order_relaxed);
         rc = consume_loop(w);
         if (w->stop && rc == 0) {

@@ -40,6 +40,16 @@ static void test_exponential_doubles_then_caps_at_max(void **state) {
     assert_int_equal(warren__backoff_base_ms(&b, 50), 5000);
 }
 
+static void test_reconnect_doubles_from_500_ms_to_at_most_30_s(void **state) {
+    (void)state;
+    const uint32_t want[] = {500, 1000, 2000, 4000, 8000, 16000, 30000, 30000};
+    for (int i = 0; i < (int)(sizeof want / sizeof want[0]); i++) {
+        assert_int_equal(warren__backoff_reconnect_ms(i + 1), want[i]);
+    }
+    assert_int_equal(warren__backoff_reconnect_ms(0), 500);
+    assert_int_equal(warren__backoff_reconnect_ms(1000000), 30000);
+}
+
 static void test_exponential_is_monotone_up_to_max(void **state) {
     (void)state;
     warren__backoff_cfg b = expo(7, 1.37, 3600000);
@@ -241,6 +251,7 @@ static void test_grpc_plus_minus_20_percent_is_proportional_0_2(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exponential_doubles_then_caps_at_max),
+        cmocka_unit_test(test_reconnect_doubles_from_500_ms_to_at_most_30_s),
         cmocka_unit_test(test_exponential_is_monotone_up_to_max),
         cmocka_unit_test(test_no_overflow_at_huge_attempts),
         cmocka_unit_test(test_fixed_is_constant_and_capped),
