@@ -476,7 +476,8 @@ int warren__session_connect(const struct warren_config *cfg, int url_index,
         if (rc == WARREN_ERR_AUTH) {
             set_err(s,
                     "%s: authentication refused for user '%s': check the "
-                    "credentials in WARREN_URL / broker.url",
+                    "credentials in WARREN_URL / broker.url(s) and "
+                    "WARREN_BROKER_PASSWORD",
                     s->url_redacted, ci.user);
         } else if (rc == WARREN_ERR_VHOST) {
             set_err(s,
