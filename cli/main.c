@@ -66,10 +66,13 @@ static const char *usage_store =
     "usage: warren store stats -c FILE [--json]\n"
     "       warren store forget -c FILE --queue Q --id ID\n"
     "       warren store prune -c FILE\n"
+    "       warren store migrate -c FILE\n"
     "\n"
     "stats   rows per queue and state, and the file size\n"
     "forget  delete the record of one id so it may run again\n"
-    "prune   delete done/dead records older than store.retention_s now\n";
+    "prune   delete done/dead records older than store.retention_s now\n"
+    "migrate create the store or upgrade its schema to this warren's\n"
+    "        (workers do it on start; for a PostgreSQL store set up ahead)\n";
 
 static const char *usage_topology =
     "usage: warren topology declare -c FILE\n"

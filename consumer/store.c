@@ -182,6 +182,14 @@ int warren__store_open(const char *path, const warren__store_opts *opts,
                         errlen);
 }
 
+int warren__store_open_url(const char *url, const warren__store_opts *opts,
+                           warren__store **out, char *err, size_t errlen) {
+    char name[PATH_MAX];
+    warren_redact_url(url ? url : "", name, sizeof name);
+    return open_backend(&warren__store_pg_ops, url ? name : NULL, url, opts,
+                        out, err, errlen);
+}
+
 int warren__store_open_config(const warren_config *cfg, const char *host,
                               unsigned flags, warren__store **out, char *err,
                               size_t errlen) {
@@ -202,6 +210,9 @@ int warren__store_open_config(const warren_config *cfg, const char *host,
         .owner_pid = (int)getpid(),
         .flags = flags,
     };
+    if (cfg->store.url) {
+        return warren__store_open_url(cfg->store.url, &o, out, err, errlen);
+    }
     return warren__store_open(cfg->store.path, &o, out, err, errlen);
 }
 

@@ -62,6 +62,9 @@ typedef struct {
  * at another file than the workers (a relative store.path run from another
  * directory, another box). Only `warren run` creates the store. */
 #define WARREN__STORE_F_MUST_EXIST 1u
+/* Seam for tests of a shared (PostgreSQL) store: stamp and judge leases by
+ * the caller's now_ms, as SQLite does, instead of the database's clock. */
+#define WARREN__STORE_F_CALLER_CLOCK 2u
 
 /* Opens (creating mode 0600 if missing, together with -wal/-shm, unless
  * WARREN__STORE_F_MUST_EXIST) and migrates the store at `path`. On failure
@@ -69,11 +72,18 @@ typedef struct {
  * file and the fix into `err`. */
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen);
-/* Opens the store the configuration names (store.path), as the worker
- * with owner host `host` (NULL: this host's name, warren__host_id()) and
- * this process's pid, with `flags` (WARREN__STORE_F_*): the one way the
- * worker and the CLI's commands open it. Errors as warren__store_open(),
- * and WARREN_ERR_CONFIG for an unusable WARREN_HOST_ID. */
+/* Opens (creating or migrating its tables unless WARREN__STORE_F_MUST_EXIST)
+ * the PostgreSQL store at `url` (postgresql://user@host:port/db; the
+ * password from PGPASSWORD, ~/.pgpass or WARREN_STORE_PASSWORD). Errors
+ * name the URL without a password; as warren__store_open() otherwise. */
+int warren__store_open_url(const char *url, const warren__store_opts *opts,
+                           warren__store **out, char *err, size_t errlen);
+/* Opens the store the configuration names (store.url, else store.path), as
+ * the worker with owner host `host` (NULL: this host's name,
+ * warren__host_id()) and this process's pid, with `flags`
+ * (WARREN__STORE_F_*): the one way the worker and the CLI's commands open
+ * it. Errors as warren__store_open(), and WARREN_ERR_CONFIG for an unusable
+ * WARREN_HOST_ID. */
 int warren__store_open_config(const warren_config *cfg, const char *host,
                               unsigned flags, warren__store **out, char *err,
                               size_t errlen);
