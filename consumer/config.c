@@ -564,9 +564,9 @@ static void parse_broker(parser *p, const cJSON *root, warren_config *cfg) {
 }
 
 static void parse_store(parser *p, const cJSON *root, warren_config *cfg) {
-    static const char *const keys[] = {
-        "path",   "url", "synchronous", "retention_s", "busy_timeout_ms",
-        "lease_s"};
+    static const char *const keys[] = {"path",        "synchronous",
+                                       "retention_s", "busy_timeout_ms",
+                                       "lease_s",     "url"};
     static const char *const sync[] = {"full", "normal"};
     const cJSON *s = get_obj(p, root, "", "store");
     int mode = (int)cfg->store.synchronous;
