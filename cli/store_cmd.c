@@ -50,17 +50,31 @@ int cmd_store(int argc, char **argv) {
                                          {"queue", required_argument, 0, 'q'},
                                          {"id", required_argument, 0, 'i'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"in", required_argument, 0, 'n'},
+                                         {"force", no_argument, 0, 'f'},
                                          {0, 0, 0, 0}};
     const char *path = NULL, *queue = NULL, *id = NULL, *sub;
-    int json = 0, opt, rc;
+    const char *out = NULL, *in = NULL;
+    int json = 0, force = 0, opt, rc;
     if (argc < 2) {
-        cli_error("usage: warren store stats|forget|prune|migrate -c FILE");
+        cli_error("usage: warren store stats|forget|prune|migrate|export|"
+                  "import -c FILE");
         return EXIT_USAGE;
     }
     sub = argv[1];
     optind = 2;
-    while ((opt = getopt_long(argc, argv, "c:q:i:j", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:q:i:jo:n:f", opts, NULL)) != -1) {
         switch (opt) {
+        case 'o':
+            out = optarg;
+            break;
+        case 'n':
+            in = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
         case 'c':
             path = optarg;
             break;
@@ -78,10 +92,18 @@ int cmd_store(int argc, char **argv) {
         }
     }
     if (strcmp(sub, "stats") && strcmp(sub, "forget") && strcmp(sub, "prune") &&
-        strcmp(sub, "migrate")) {
+        strcmp(sub, "migrate") && strcmp(sub, "export") &&
+        strcmp(sub, "import")) {
         cli_error("store: unknown subcommand '%s' (stats, forget, prune, "
-                  "migrate)",
+                  "migrate, export, import)",
                   sub);
+        return EXIT_USAGE;
+    }
+    if ((strcmp(sub, "export") == 0 && out == NULL) ||
+        (strcmp(sub, "import") == 0 && in == NULL)) {
+        cli_error("store %s: needs %s", sub,
+                  out == NULL && sub[0] == 'e' ? "--out FILE.jsonl"
+                                               : "--in FILE.jsonl");
         return EXIT_USAGE;
     }
     if (strcmp(sub, "forget") == 0 && (queue == NULL || id == NULL)) {
@@ -94,13 +116,20 @@ int cmd_store(int argc, char **argv) {
     }
     warren__store *st = NULL;
     /* Only migrate creates or upgrades the store (as `warren run` does). */
-    int migrate = strcmp(sub, "migrate") == 0;
+    int migrate = strcmp(sub, "migrate") == 0 || strcmp(sub, "import") == 0;
     rc = open_for_cli(cfg, migrate ? 0 : WARREN__STORE_F_MUST_EXIST, &st);
     if (rc == WARREN_ERR_NOT_FOUND) {
         /* No such file: the config names another store than the workers'
          * (they create it); an empty new one would show nothing. */
         warren_config_free(cfg);
         return EXIT_USAGE;
+    }
+    if (rc == 0 && (strcmp(sub, "export") == 0 || strcmp(sub, "import") == 0)) {
+        int code = sub[0] == 'e' ? cli_store_export(st, out, force)
+                                 : cli_store_import(st, in);
+        warren__store_close(st);
+        warren_config_free(cfg);
+        return code;
     }
     if (rc == 0 && migrate) {
         printf("store %s (%s): schema up to date\n", warren__store_path(st),

@@ -757,3 +757,62 @@ int warren__store_stats(warren__store *s,
     }
     return s->ops->stats(s, fn, user);
 }
+
+int warren__store_each(warren__store *s,
+                       int (*fn)(const warren__store_entry *r, void *user),
+                       void *user) {
+    if (s == NULL || fn == NULL) {
+        return WARREN_ERR_INVAL;
+    }
+    return s->ops->each(s, fn, user);
+}
+
+int warren__store_put(warren__store *s, const warren__store_entry *r,
+                      int *inserted) {
+    static const char *const states[] = {"processing", "done", "retrying",
+                                         "dead"};
+    if (inserted) {
+        *inserted = 0;
+    }
+    if (s == NULL || r == NULL || inserted == NULL) {
+        return WARREN_ERR_INVAL;
+    }
+    if (!warren__store_in_txn(s)) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: no open transaction (call begin first)");
+    }
+    if (r->queue == NULL || r->queue[0] == '\0' || r->id == NULL ||
+        r->id[0] == '\0' || strlen(r->id) > WARREN__ID_MAX) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: a record needs a queue and an id of 1 to %d "
+                       "bytes",
+                       WARREN__ID_MAX);
+    }
+    int known = 0;
+    for (size_t i = 0; r->state && i < sizeof states / sizeof states[0]; i++) {
+        known |= strcmp(r->state, states[i]) == 0;
+    }
+    if (!known) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: %s/%s: state \"%s\" is not one of processing, "
+                       "done, retrying, dead",
+                       r->queue, r->id, r->state ? r->state : "(none)");
+    }
+    if (r->attempts < 1 || r->deliveries < 0 || r->replays < 0) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: %s/%s: attempts must be >= 1, deliveries and "
+                       "replays >= 0",
+                       r->queue, r->id);
+    }
+    warren__store_entry c = *r;
+    char last_error[STORED_ERROR_MAX], crashed[STORED_ERROR_MAX];
+    if (c.last_error) {
+        warren__store_copy_text(last_error, sizeof last_error, c.last_error);
+        c.last_error = last_error;
+    }
+    if (c.crashed_reason) {
+        warren__store_copy_text(crashed, sizeof crashed, c.crashed_reason);
+        c.crashed_reason = crashed;
+    }
+    return s->ops->put(s, &c, inserted);
+}

@@ -227,6 +227,42 @@ int warren__store_stats(warren__store *s,
                                    int64_t rows, void *user),
                         void *user);
 
+/* One record whole, as `warren store export` writes it and `import` reads
+ * it back (backend-neutral: times in ms since the epoch, 0 for none). The
+ * strings are borrowed: valid during the callback (each) or the call (put);
+ * owner_host, last_error and crashed_reason may be NULL. */
+typedef struct {
+    const char *queue;
+    const char *id;
+    const char *state; /* processing, done, retrying, dead */
+    int attempts;
+    int deliveries;
+    const char *owner_host;
+    int owner_pid;
+    int64_t owner_token;
+    int64_t lease_until;
+    int64_t first_failed_at;
+    const char *last_error;
+    int64_t created_at;
+    int64_t updated_at;
+    int64_t replays;
+    const char *crashed_reason;
+} warren__store_entry;
+
+/* Calls `fn` for every record, in the order they were created, reading
+ * without a write lock. A non-zero return of `fn` stops the walk and is
+ * returned. Errors as elsewhere (the detail in errstr). */
+int warren__store_each(warren__store *s,
+                       int (*fn)(const warren__store_entry *r, void *user),
+                       void *user);
+
+/* Inserts `r` as it is inside the open transaction (begin() first), unless
+ * a record of its key exists: then nothing changes and *inserted is 0. A
+ * record that is not valid (unknown state, missing key, overlong id,
+ * attempts < 1) is WARREN_ERR_INVAL with the reason in errstr. */
+int warren__store_put(warren__store *s, const warren__store_entry *r,
+                      int *inserted);
+
 /* The connection, for the transactional inbox (warren_ctx_db); NULL if
  * the store is not SQLite. */
 struct sqlite3 *warren__store_db(warren__store *s);

@@ -89,6 +89,11 @@ typedef struct warren__store_ops {
                  void (*fn)(const char *queue, const char *state, int64_t rows,
                             void *user),
                  void *user);
+    int (*each)(warren__store *s,
+                int (*fn)(const warren__store_entry *r, void *user),
+                void *user);
+    int (*put)(warren__store *s, const warren__store_entry *r,
+               int *inserted);               /* inside an open transaction */
     struct sqlite3 *(*db)(warren__store *s); /* NULL where not SQLite */
     struct pg_conn *(*pg)(warren__store *s); /* NULL where not PostgreSQL */
 } warren__store_ops;

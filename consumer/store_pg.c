@@ -29,6 +29,12 @@
 #define CLK(n)                                                                 \
     "COALESCE($" #n "::bigint, (extract(epoch FROM now()) * 1000)::bigint)"
 
+/* The columns of a whole record, in warren__store_entry's order. */
+#define RECORD_COLUMNS                                                         \
+    "queue, id, state, attempts, deliveries, owner_host, owner_pid, "          \
+    "owner_token, lease_until, first_failed_at, last_error, created_at, "      \
+    "updated_at, replays, crashed_reason"
+
 enum {
     PS_INSERT,
     PS_SELECT,
@@ -44,6 +50,8 @@ enum {
     PS_REVIVE,
     PS_RENEW,
     PS_MARK_CRASHED,
+    PS_EACH,
+    PS_PUT,
     PS_COUNT
 };
 
@@ -139,6 +147,15 @@ static const struct {
                          "WHERE queue = $1 AND id = $2 AND owner_host = $3 "
                          "AND owner_pid = $4 AND state = 'processing'",
                          5},
+    [PS_EACH] = {"warren_each",
+                 "SELECT " RECORD_COLUMNS " FROM warren_messages "
+                 "ORDER BY created_at, queue, id",
+                 0},
+    [PS_PUT] = {"warren_put",
+                "INSERT INTO warren_messages(" RECORD_COLUMNS
+                ") VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
+                "$13, $14, $15) ON CONFLICT (queue, id) DO NOTHING",
+                15},
 };
 
 /* Version 1, the SQLite schema's version 2 in PostgreSQL's words. The
@@ -291,9 +308,8 @@ static int exec_cmd(warren__store *s, const char *sql, const char *what) {
 
 /* Parameters of one prepared statement, as text. */
 typedef struct {
-    const char *v[12];
-    int len[12];
-    char num[12][24];
+    const char *v[16];
+    char num[16][24];
     int n;
 } params;
 
@@ -524,7 +540,8 @@ static int pgb_open(warren__store *s, const warren__store_opts *opts,
          * another database than the workers'; the version must match. */
         int64_t v = 0;
         int found = 0;
-        rc = query_int(s, "SELECT (to_regclass('warren_schema') IS NOT NULL)::int",
+        rc = query_int(s,
+                       "SELECT (to_regclass('warren_schema') IS NOT NULL)::int",
                        "look for warren_schema", &v, &found);
         if (rc == 0 && !v) {
             rc = set_err(s, WARREN_ERR_NOT_FOUND,
@@ -806,6 +823,80 @@ static int pgb_stats(warren__store *s,
     return 0;
 }
 
+/* Rows one at a time (single-row mode): an export of millions of records
+ * never holds them all in memory. */
+static int pgb_each(warren__store *s,
+                    int (*fn)(const warren__store_entry *r, void *user),
+                    void *user) {
+    PGconn *conn = pgs(s)->conn;
+    if (!PQsendQueryPrepared(conn, ps[PS_EACH].name, 0, NULL, NULL, NULL, 0) ||
+        !PQsetSingleRowMode(conn)) {
+        return pg_fail(s, NULL, "export");
+    }
+    int rc = 0, stop = 0;
+    PGresult *res;
+    while ((res = PQgetResult(conn)) != NULL) {
+        ExecStatusType t = PQresultStatus(res);
+        if (t == PGRES_SINGLE_TUPLE && rc == 0 && stop == 0) {
+            warren__store_entry r = {
+                .queue = col_text(res, 0),
+                .id = col_text(res, 1),
+                .state = col_text(res, 2),
+                .attempts = (int)col_int(res, 3),
+                .deliveries = (int)col_int(res, 4),
+                .owner_host = col_text(res, 5),
+                .owner_pid = (int)col_int(res, 6),
+                .owner_token = col_int(res, 7),
+                .lease_until = col_int(res, 8),
+                .first_failed_at = col_int(res, 9),
+                .last_error = col_text(res, 10),
+                .created_at = col_int(res, 11),
+                .updated_at = col_int(res, 12),
+                .replays = col_int(res, 13),
+                .crashed_reason = col_text(res, 14),
+            };
+            stop = fn(&r, user);
+            PQclear(res);
+        } else if (t != PGRES_SINGLE_TUPLE && t != PGRES_TUPLES_OK && rc == 0) {
+            rc = pg_fail(s, res, "export"); /* frees res */
+        } else {
+            PQclear(res);
+        }
+    }
+    return stop != 0 ? stop : rc;
+}
+
+static void p_opt_int(params *p, int64_t v) {
+    if (v != 0) {
+        p_int(p, v);
+    } else {
+        p_text(p, NULL);
+    }
+}
+
+static int pgb_put(warren__store *s, const warren__store_entry *r,
+                   int *inserted) {
+    params p;
+    p_key(&p, r->queue, r->id);
+    p_text(&p, r->state);
+    p_int(&p, r->attempts);
+    p_int(&p, r->deliveries);
+    p_text(&p, r->owner_host);
+    p_opt_int(&p, r->owner_pid);
+    p_opt_int(&p, r->owner_token);
+    p_int(&p, r->lease_until);
+    p_opt_int(&p, r->first_failed_at);
+    p_text(&p, r->last_error);
+    p_int(&p, r->created_at);
+    p_int(&p, r->updated_at);
+    p_int(&p, r->replays);
+    p_text(&p, r->crashed_reason);
+    int changed = 0;
+    int rc = run_cmd(s, PS_PUT, &p, "import", &changed);
+    *inserted = rc == 0 && changed == 1;
+    return rc;
+}
+
 static struct pg_conn *pgb_pg(warren__store *s) {
     return pgs(s)->conn;
 }
@@ -833,6 +924,8 @@ const warren__store_ops warren__store_pg_ops = {
     .lookup = pgb_lookup,
     .delete_key = pgb_delete_key,
     .stats = pgb_stats,
+    .each = pgb_each,
+    .put = pgb_put,
     .db = NULL,
     .pg = pgb_pg,
 };
