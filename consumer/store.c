@@ -295,10 +295,13 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     c->lost = 0;
 
     /* The unique key decides: whoever inserts first owns the claim. */
-    int inserted = 0;
-    int rc = s->ops->insert(s, c, now_ms, &inserted);
-    if (rc != 0) {
-        return rc;
+    int inserted = c->inserted;
+    int rc = 0;
+    if (s->ops->insert_many == NULL) {
+        rc = s->ops->insert(s, c, now_ms, &inserted);
+        if (rc != 0) {
+            return rc;
+        }
     }
     if (inserted) {
         c->status = WARREN__CLAIM_RUN;
@@ -438,6 +441,13 @@ static int claim_txn(warren__store *s, warren__claim *claims, size_t n,
         return 0;
     }
     int rc = joined ? 0 : s->ops->begin(s, "begin claim");
+    for (size_t i = 0; i < n; i++) {
+        claims[i].inserted = 0;
+    }
+    if (rc == 0 && s->ops->insert_many != NULL && n > 0) {
+        /* One round trip for the new ids of the batch, not one each. */
+        rc = s->ops->insert_many(s, claims, n, now_ms);
+    }
     for (size_t i = 0; rc == 0 && i < n; i++) {
         rc = claim_one(s, claims, i, max_deliveries, now_ms);
     }

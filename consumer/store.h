@@ -131,7 +131,9 @@ typedef struct {
      * if none. The claim clears it in the store, so one crash is reported
      * once; the worker spends the attempt without running the handler. */
     char crashed_reason[256];
-    int lost; /* set by renew(): the claim is not ours any more */
+    int lost;     /* set by renew(): the claim is not ours any more */
+    int inserted; /* internal: a new record made by the backend's batch
+                     insert (store.c, store_pg.c) */
 } warren__claim;
 
 /* Claims `n` deliveries in one write transaction (committed on return).

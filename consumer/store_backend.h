@@ -59,6 +59,11 @@ typedef struct warren__store_ops {
     /* A new record owned by us, or nothing if the key exists: *inserted. */
     int (*insert)(warren__store *s, const warren__claim *c, int64_t now_ms,
                   int *inserted);
+    /* Optional: the inserts of a whole batch in one statement, setting
+     * claims[i].inserted for each new record (the first entry of a key
+     * that is in the batch twice). NULL: insert() per claim. */
+    int (*insert_many)(warren__store *s, warren__claim *claims, size_t n,
+                       int64_t now_ms);
     /* Reads the record of the claim's key; *found 0 if there is none. */
     int (*read)(warren__store *s, const warren__claim *c, int64_t now_ms,
                 warren__store_row *row, int *found);

@@ -52,6 +52,7 @@ enum {
     PS_MARK_CRASHED,
     PS_EACH,
     PS_PUT,
+    PS_INSERT_MANY,
     PS_COUNT
 };
 
@@ -151,6 +152,19 @@ static const struct {
                  "SELECT " RECORD_COLUMNS " FROM warren_messages "
                  "ORDER BY created_at, queue, id",
                  0},
+    /* The new ids of a batch in one statement, in batch order, so the
+     * first entry of a key the batch holds twice is the one inserted. */
+    [PS_INSERT_MANY] =
+        {"warren_insert_many",
+         "INSERT INTO warren_messages(queue, id, state, attempts, "
+         "deliveries, owner_host, owner_pid, owner_token, lease_until, "
+         "created_at, updated_at, replays) "
+         "SELECT t.q, t.i, 'processing', 1, 1, $3, $4, $5, " CLK(
+             7) " + $6, $8, $8, t.r "
+                "FROM unnest($1::text[], $2::text[], $9::bigint[]) "
+                "WITH ORDINALITY AS t(q, i, r, n) ORDER BY t.n "
+                "ON CONFLICT (queue, id) DO NOTHING RETURNING queue, id",
+         9},
     [PS_PUT] = {"warren_put",
                 "INSERT INTO warren_messages(" RECORD_COLUMNS
                 ") VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
@@ -663,6 +677,87 @@ static int pgb_insert(warren__store *s, const warren__claim *c, int64_t now_ms,
     return rc;
 }
 
+/* Appends `v` to the array literal in `b` as a quoted element. */
+static void array_elem(char **b, const char *v, int first) {
+    char *o = *b;
+    if (!first) {
+        *o++ = ',';
+    }
+    *o++ = '"';
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\') {
+            *o++ = '\\';
+        }
+        *o++ = *v;
+    }
+    *o++ = '"';
+    *b = o;
+}
+
+static int pgb_insert_many(warren__store *s, warren__claim *claims, size_t n,
+                           int64_t now_ms) {
+    size_t cap_q = 3, cap_i = 3;
+    for (size_t i = 0; i < n; i++) {
+        cap_q += 2 * strlen(claims[i].queue) + 3;
+        cap_i += 2 * strlen(claims[i].id) + 3;
+    }
+    size_t cap_r = 3 + n * 22;
+    char *qa = malloc(cap_q), *ia = malloc(cap_i), *ra = malloc(cap_r);
+    if (qa == NULL || ia == NULL || ra == NULL) {
+        free(qa);
+        free(ia);
+        free(ra);
+        return set_err(s, WARREN_ERR_NOMEM, "claim: out of memory");
+    }
+    char *q = qa, *d = ia, *r = ra;
+    *q++ = '{';
+    *d++ = '{';
+    *r++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        array_elem(&q, claims[i].queue, i == 0);
+        array_elem(&d, claims[i].id, i == 0);
+        r += snprintf(r, cap_r - (size_t)(r - ra), "%s%lld", i ? "," : "",
+                      (long long)claims[i].replays);
+    }
+    *q++ = '}';
+    *q = '\0';
+    *d++ = '}';
+    *d = '\0';
+    *r++ = '}';
+    *r = '\0';
+    params p = {.n = 0};
+    p_text(&p, qa);
+    p_text(&p, ia);
+    p_text(&p, s->host);
+    p_int(&p, s->pid);
+    p_int(&p, s->token);
+    p_int(&p, (int64_t)s->lease_s * 1000);
+    p_clock(&p, s, now_ms);
+    p_int(&p, now_ms);
+    p_text(&p, ra);
+    PGresult *res = run_ps(s, PS_INSERT_MANY, &p);
+    free(qa);
+    free(ia);
+    free(ra);
+    int rc = check(s, res, PGRES_TUPLES_OK, "claim");
+    if (rc != 0) {
+        return rc;
+    }
+    /* Each returned key is the first entry of the batch with that key. */
+    for (int row = 0; row < PQntuples(res); row++) {
+        const char *rq = PQgetvalue(res, row, 0), *ri = PQgetvalue(res, row, 1);
+        for (size_t i = 0; i < n; i++) {
+            if (!claims[i].inserted && strcmp(claims[i].id, ri) == 0 &&
+                strcmp(claims[i].queue, rq) == 0) {
+                claims[i].inserted = 1;
+                break;
+            }
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
 static int pgb_read(warren__store *s, const warren__claim *c, int64_t now_ms,
                     warren__store_row *row, int *found) {
     params p;
@@ -914,6 +1009,7 @@ const warren__store_ops warren__store_pg_ops = {
     .savepoint_release = pgb_savepoint_release,
     .savepoint_rollback = pgb_savepoint_rollback,
     .insert = pgb_insert,
+    .insert_many = pgb_insert_many,
     .read = pgb_read,
     .take = pgb_take,
     .revive = pgb_revive,
