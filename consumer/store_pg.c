@@ -481,7 +481,7 @@ static int connect_fail(warren__store *s) {
     char msg[512];
     pg_text(NULL, pgs(s)->conn, msg, sizeof msg);
     for (char *c = msg; *c; c++) {
-        if (*c == '\n') {
+        if (*c == '\n' || *c == '\t') {
             *c = ' ';
         }
     }
