@@ -403,6 +403,38 @@ static void test_unreachable_server_is_a_clear_store_error(void **s) {
     assert_null(strstr(err, "s3cr3t-pw"));
 }
 
+/* A wrong password: STORE, "authentication refused" and what to check,
+ * without the password. Skipped where the server trusts loopback (any
+ * password is accepted there). */
+static void test_wrong_password_is_authentication_refused(void **s) {
+    (void)s;
+    char err[1024];
+    int rc;
+    const char *passfile = getenv("PGPASSFILE");
+    char saved[512] = "";
+    if (passfile) {
+        snprintf(saved, sizeof saved, "%s", passfile);
+    }
+    setenv("PGPASSFILE", "/dev/null", 1);
+    setenv("WARREN_STORE_PASSWORD", "wrong-pw-1234", 1);
+    warren__store *st = open_with(url, "h", 1, 60, 0, &rc, err, sizeof err);
+    unsetenv("WARREN_STORE_PASSWORD");
+    if (saved[0]) {
+        setenv("PGPASSFILE", saved, 1);
+    } else {
+        unsetenv("PGPASSFILE");
+    }
+    if (st != NULL) {
+        warren__store_close(st);
+        printf("skipped: the test server accepts any password (trust)\n");
+        skip();
+    }
+    assert_int_equal(rc, WARREN_ERR_STORE);
+    assert_non_null(strstr(err, "authentication refused"));
+    assert_non_null(strstr(err, "WARREN_STORE_PASSWORD"));
+    assert_null(strstr(err, "wrong-pw-1234"));
+}
+
 /* A server that only reads (a standby, default_transaction_read_only):
  * refused at open, saying to use the primary. */
 static void test_read_only_server_is_refused(void **s) {
@@ -488,6 +520,7 @@ int main(void) {
         T(test_four_processes_claim_each_id_exactly_once),
         T(test_lost_connection_is_retriable_and_reconnects),
         T(test_unreachable_server_is_a_clear_store_error),
+        T(test_wrong_password_is_authentication_refused),
         T(test_read_only_server_is_refused),
         T(test_statement_timeout_is_named_and_claims_nothing),
         T(test_schema_newer_refused_and_must_exist_creates_nothing),
