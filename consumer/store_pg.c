@@ -821,6 +821,58 @@ static int pgb_revive(warren__store *s, const warren__claim *c,
     return run_cmd(s, PS_REVIVE, &p, "claim a replayed dead id", NULL);
 }
 
+/* Length of the valid UTF-8 sequence at src[0..len), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *u, size_t len) {
+    size_t n = u[0] < 0x80                    ? 1
+               : u[0] >= 0xC2 && u[0] <= 0xDF ? 2
+               : u[0] >= 0xE0 && u[0] <= 0xEF ? 3
+               : u[0] >= 0xF0 && u[0] <= 0xF4 ? 4
+                                              : 0;
+    if (n == 0 || n > len) {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((u[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+    }
+    /* Overlong forms, surrogates and code points above U+10FFFF. */
+    if ((u[0] == 0xE0 && u[1] < 0xA0) || (u[0] == 0xED && u[1] > 0x9F) ||
+        (u[0] == 0xF0 && u[1] < 0x90) || (u[0] == 0xF4 && u[1] > 0x8F)) {
+        return 0;
+    }
+    return n;
+}
+
+/* Copies src[0..len) into dst[cap] with every byte of an invalid UTF-8
+ * sequence replaced by '?': PostgreSQL refuses such text (22021), and a
+ * handler's reason (an exec handler's stderr) may carry any bytes, which
+ * must not fail the outcome. SQLite keeps the bytes as they are. */
+static const char *clean_text(char *dst, size_t cap, const char *src,
+                              size_t len) {
+    if (src == NULL) {
+        return NULL;
+    }
+    const unsigned char *u = (const unsigned char *)src;
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 1 < cap;) {
+        size_t n = u[i] ? utf8_seq(u + i, len - i) : 0;
+        if (n == 0 || o + n >= cap) {
+            if (n != 0) {
+                break; /* a whole character does not fit */
+            }
+            dst[o++] = '?';
+            i++;
+            continue;
+        }
+        memcpy(dst + o, u + i, n);
+        o += n;
+        i += n;
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
 static int pgb_record(warren__store *s, const char *queue, const char *id,
                       warren__outcome_kind kind, const char *error,
                       size_t error_len, int64_t now_ms, int *changed) {
@@ -834,13 +886,7 @@ static int pgb_record(warren__store *s, const char *queue, const char *id,
     p_int(&p, s->token);
     p_int(&p, now_ms);
     if (which == PS_RETRYING || which == PS_DEAD) {
-        if (error) {
-            memcpy(stored, error, error_len);
-            stored[error_len] = '\0';
-            p_text(&p, stored);
-        } else {
-            p_text(&p, NULL);
-        }
+        p_text(&p, clean_text(stored, sizeof stored, error, error_len));
     }
     return run_cmd(s, which, &p, "record outcome", changed);
 }
@@ -858,10 +904,11 @@ static int pgb_renew(warren__store *s, const warren__claim *c, int64_t now_ms,
 static int pgb_mark_crashed(warren__store *s, const char *queue, const char *id,
                             int owner_pid, const char *reason, int *changed) {
     params p;
+    char stored[WARREN__STORED_ERROR_MAX + 1];
     p_key(&p, queue, id);
     p_text(&p, s->host);
     p_int(&p, owner_pid);
-    p_text(&p, reason);
+    p_text(&p, clean_text(stored, sizeof stored, reason, strlen(reason)));
     return run_cmd(s, PS_MARK_CRASHED, &p, "mark a crashed claim", changed);
 }
 
@@ -972,6 +1019,17 @@ static void p_opt_int(params *p, int64_t v) {
 static int pgb_put(warren__store *s, const warren__store_entry *r,
                    int *inserted) {
     params p;
+    char err[WARREN__STORED_ERROR_MAX + 1],
+        crashed[WARREN__STORED_ERROR_MAX + 1];
+    const char *last_error =
+        r->last_error
+            ? clean_text(err, sizeof err, r->last_error, strlen(r->last_error))
+            : NULL;
+    const char *crashed_reason =
+        r->crashed_reason
+            ? clean_text(crashed, sizeof crashed, r->crashed_reason,
+                         strlen(r->crashed_reason))
+            : NULL;
     p_key(&p, r->queue, r->id);
     p_text(&p, r->state);
     p_int(&p, r->attempts);
@@ -981,11 +1039,11 @@ static int pgb_put(warren__store *s, const warren__store_entry *r,
     p_opt_int(&p, r->owner_token);
     p_int(&p, r->lease_until);
     p_opt_int(&p, r->first_failed_at);
-    p_text(&p, r->last_error);
+    p_text(&p, last_error);
     p_int(&p, r->created_at);
     p_int(&p, r->updated_at);
     p_int(&p, r->replays);
-    p_text(&p, r->crashed_reason);
+    p_text(&p, crashed_reason);
     int changed = 0;
     int rc = run_cmd(s, PS_PUT, &p, "import", &changed);
     *inserted = rc == 0 && changed == 1;

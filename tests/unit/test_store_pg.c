@@ -262,6 +262,26 @@ test_handler_rows_commit_with_done_and_roll_back_on_retry(void **s) {
     warren__store_close(a);
 }
 
+/* A reason with bytes that are not UTF-8 (an exec handler's stderr) is
+ * recorded with '?' for them: PostgreSQL refuses such text, and that must
+ * not fail the outcome. */
+static void test_reason_with_invalid_utf8_is_recorded_cleaned(void **s) {
+    (void)s;
+    warren__store *a = open_as("host-a", 1000, 60);
+    warren__claim c;
+    assert_int_equal(claim1(a, "m1", wall_ms(), &c), 0);
+    assert_int_equal(warren__store_begin(a), 0);
+    assert_int_equal(warren__store_record(
+                         a, Q, "m1", WARREN__OUT_RETRYING,
+                         "bad \xff\xfe byte \xc3\xa9 ok \xe2\x82", wall_ms()),
+                     0);
+    assert_int_equal(warren__store_commit(a), 0);
+    assert_int_equal(claim1(a, "m1", wall_ms(), &c), 0);
+    assert_int_equal(c.status, WARREN__CLAIM_RUN);
+    assert_string_equal(c.last_error, "bad ?? byte \xc3\xa9 ok ??");
+    warren__store_close(a);
+}
+
 /* The trigger refuses moving a record backwards in plain SQL too. */
 static void test_trigger_refuses_illegal_transitions_in_sql(void **s) {
     (void)s;
@@ -516,6 +536,7 @@ int main(void) {
         T(test_lease_is_stamped_and_judged_by_the_database_clock),
         T(test_taken_over_worker_cannot_record_an_outcome),
         T(test_handler_rows_commit_with_done_and_roll_back_on_retry),
+        T(test_reason_with_invalid_utf8_is_recorded_cleaned),
         T(test_trigger_refuses_illegal_transitions_in_sql),
         T(test_four_processes_claim_each_id_exactly_once),
         T(test_lost_connection_is_retriable_and_reconnects),
