@@ -660,17 +660,25 @@ static int pgb_savepoint_rollback(warren__store *s) {
     return exec_cmd(s, "ROLLBACK TO warren_h", "rollback to savepoint");
 }
 
+/* What the insert, take and revive statements share, in this order: us
+ * as owner with a fresh lease, the time, the delivery's replay generation
+ * and the clock. */
+static void p_new_claim(params *p, warren__store *s, const warren__claim *c,
+                        int64_t now_ms) {
+    p_text(p, s->host);
+    p_int(p, s->pid);
+    p_int(p, s->token);
+    p_int(p, (int64_t)s->lease_s * 1000);
+    p_int(p, now_ms);
+    p_int(p, c->replays);
+    p_clock(p, s, now_ms);
+}
+
 static int pgb_insert(warren__store *s, const warren__claim *c, int64_t now_ms,
                       int *inserted) {
     params p;
     p_key(&p, c->queue, c->id);
-    p_text(&p, s->host);
-    p_int(&p, s->pid);
-    p_int(&p, s->token);
-    p_int(&p, (int64_t)s->lease_s * 1000);
-    p_int(&p, now_ms);
-    p_int(&p, c->replays);
-    p_clock(&p, s, now_ms);
+    p_new_claim(&p, s, c, now_ms);
     int changed = 0;
     int rc = run_cmd(s, PS_INSERT, &p, "claim", &changed);
     *inserted = rc == 0 && changed == 1;
@@ -797,13 +805,7 @@ static int pgb_take(warren__store *s, const warren__claim *c, int attempts,
     p_key(&p, c->queue, c->id);
     p_int(&p, attempts);
     p_int(&p, deliveries);
-    p_text(&p, s->host);
-    p_int(&p, s->pid);
-    p_int(&p, s->token);
-    p_int(&p, (int64_t)s->lease_s * 1000);
-    p_int(&p, now_ms);
-    p_int(&p, c->replays);
-    p_clock(&p, s, now_ms);
+    p_new_claim(&p, s, c, now_ms);
     return run_cmd(s, PS_TAKE, &p, "claim", NULL);
 }
 
@@ -811,13 +813,7 @@ static int pgb_revive(warren__store *s, const warren__claim *c,
                       int64_t now_ms) {
     params p;
     p_key(&p, c->queue, c->id);
-    p_text(&p, s->host);
-    p_int(&p, s->pid);
-    p_int(&p, s->token);
-    p_int(&p, (int64_t)s->lease_s * 1000);
-    p_int(&p, now_ms);
-    p_int(&p, c->replays);
-    p_clock(&p, s, now_ms);
+    p_new_claim(&p, s, c, now_ms);
     return run_cmd(s, PS_REVIVE, &p, "claim a replayed dead id", NULL);
 }
 

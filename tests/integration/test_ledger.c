@@ -9,6 +9,8 @@
  */
 #include "itest.h"
 
+#include "../pg_fixture.h"
+
 #include <libpq-fe.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -221,23 +223,10 @@ test_ledger_balances_exact_under_duplicates_retries_and_kill(void **state) {
 /* The same on PostgreSQL, in a fresh schema of the test server. */
 static void test_ledger_on_postgresql_balances_exact(void **state) {
     (void)state;
-    const char *base = getenv("WARREN_TEST_PG_URL");
-    if (base == NULL || base[0] == '\0') {
-        printf("skipped: WARREN_TEST_PG_URL is not set and scripts/test could "
-               "not start PostgreSQL\n");
+    char db[1200];
+    if (pg_fresh_schema("wt_ledger", db, sizeof db) != 0) {
         skip();
     }
-    PGconn *pc = PQconnectdb(base);
-    assert_int_equal(PQstatus(pc), CONNECTION_OK);
-    PQclear(PQexec(pc, "SET client_min_messages = warning"));
-    PGresult *r = PQexec(pc, "DROP SCHEMA IF EXISTS wt_ledger CASCADE; "
-                             "CREATE SCHEMA wt_ledger");
-    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
-    PQclear(r);
-    PQfinish(pc);
-    char db[1200];
-    snprintf(db, sizeof db, "%s%soptions=-csearch_path%%3Dwt_ledger", base,
-             strchr(base, '?') ? "&" : "?");
     char *dir = itest_tmpdir();
     run_ledger(dir, db);
     itest_rmtree(dir);

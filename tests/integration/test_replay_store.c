@@ -12,6 +12,8 @@
  */
 #include "itest.h"
 
+#include "../pg_fixture.h"
+
 #include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -401,23 +403,10 @@ static void pg_record_state(const char *url, const char *id, char *out,
  * database's records. */
 static void test_replay_on_postgresql_runs_the_message_once(void **state) {
     (void)state;
-    const char *base = getenv("WARREN_TEST_PG_URL");
-    if (base == NULL || base[0] == '\0') {
-        printf("skipped: WARREN_TEST_PG_URL is not set and scripts/test could "
-               "not start PostgreSQL\n");
+    char url[1200], cfg[600], text[2400], st[32];
+    if (pg_fresh_schema("wt_replay", url, sizeof url) != 0) {
         skip();
     }
-    PGconn *pc = PQconnectdb(base);
-    assert_int_equal(PQstatus(pc), CONNECTION_OK);
-    PQclear(PQexec(pc, "SET client_min_messages = warning"));
-    PGresult *r = PQexec(pc, "DROP SCHEMA IF EXISTS wt_replay CASCADE; "
-                             "CREATE SCHEMA wt_replay");
-    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
-    PQclear(r);
-    PQfinish(pc);
-    char url[1200], cfg[600], text[2400], st[32];
-    snprintf(url, sizeof url, "%s%soptions=-csearch_path%%3Dwt_replay", base,
-             strchr(base, '?') ? "&" : "?");
     snprintf(cfg, sizeof cfg, "%s/pg.json", g.dir);
     snprintf(text, sizeof text,
              "{\"store\": {\"url\": \"%s\"}, \"consumers\": ["

@@ -23,7 +23,7 @@
 #include <cmocka.h>
 
 #ifdef WARREN_TEST_PG
-#include <libpq-fe.h>
+#include "../pg_fixture.h"
 /* The SQLite-only cases are compiled but not run here. */
 #pragma GCC diagnostic ignored "-Wunused-function"
 #endif
@@ -96,19 +96,7 @@ static int setup(void **state) {
     f->dead_pid = -1;
 #ifdef WARREN_TEST_PG
     /* A fresh schema per test, on the search path of every connection. */
-    const char *base = getenv("WARREN_TEST_PG_URL");
-    snprintf(f->path, sizeof f->path, "%s%soptions=-csearch_path%%3Dwt_store",
-             base, strchr(base, '?') ? "&" : "?");
-    PGconn *c = PQconnectdb(base);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, "SET client_min_messages = warning; "
-                            "DROP SCHEMA IF EXISTS wt_store CASCADE; "
-                            "CREATE SCHEMA wt_store");
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        fail_msg("reset schema: %s", PQerrorMessage(c));
-    }
-    PQclear(r);
-    PQfinish(c);
+    assert_int_equal(pg_fresh_schema("wt_store", f->path, sizeof f->path), 0);
 #endif
     *state = f;
     return 0;
@@ -1491,8 +1479,7 @@ static void test_close_null_is_noop_and_path_is_kept(void **state) {
 int main(void) {
 #ifdef WARREN_TEST_PG
     if (getenv("WARREN_TEST_PG_URL") == NULL) {
-        printf("skipped: WARREN_TEST_PG_URL is not set and scripts/test could "
-               "not start PostgreSQL\n");
+        printf(PG_SKIP_MESSAGE);
         return 77;
     }
 #endif

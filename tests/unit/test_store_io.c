@@ -18,7 +18,8 @@
 
 #include <cmocka.h>
 
-#include <libpq-fe.h>
+#include "../pg_fixture.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,19 +59,8 @@ static int setup(void **state) {
     assert_non_null(f);
     snprintf(f->dir, sizeof f->dir, "/tmp/warren_store_io_XXXXXX");
     assert_non_null(mkdtemp(f->dir));
-    const char *base = getenv("WARREN_TEST_PG_URL");
-    if (base && base[0]) {
-        PGconn *c = PQconnectdb(base);
-        assert_int_equal(PQstatus(c), CONNECTION_OK);
-        PQclear(PQexec(c, "SET client_min_messages = warning"));
-        PGresult *r = PQexec(c, "DROP SCHEMA IF EXISTS wt_store_io CASCADE; "
-                                "CREATE SCHEMA wt_store_io");
-        assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
-        PQclear(r);
-        PQfinish(c);
-        snprintf(f->pg_url, sizeof f->pg_url,
-                 "%s%soptions=-csearch_path%%3Dwt_store_io", base,
-                 strchr(base, '?') ? "&" : "?");
+    if (pg_fresh_schema("wt_store_io", f->pg_url, sizeof f->pg_url) != 0) {
+        f->pg_url[0] = '\0';
     }
     last_error[0] = '\0';
     *state = f;
@@ -190,9 +180,7 @@ static void assert_behaves(warren__store *s) {
 static void test_sqlite_to_postgresql_to_sqlite_round_trip(void **state) {
     fixture *f = *state;
     if (f->pg_url[0] == '\0') {
-        printf("skipped: WARREN_TEST_PG_URL is not set and scripts/test could "
-               "not start PostgreSQL\n");
-        skip();
+        skip(); /* pg_fresh_schema() said why */
     }
     char p1[128], p2[128], p3[128];
     warren__store *a = open_lite(f, "a.db");

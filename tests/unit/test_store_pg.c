@@ -19,7 +19,8 @@
 
 #include <cmocka.h>
 
-#include <libpq-fe.h>
+#include "../pg_fixture.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,7 @@
 
 #define Q "orders"
 
-static char url[1024];  /* the test schema on the search path */
-static char base[1024]; /* WARREN_TEST_PG_URL */
+static char url[1024]; /* the test schema on the search path */
 
 static PGconn *raw(void) {
     PGconn *c = PQconnectdb(url);
@@ -67,12 +67,7 @@ static int64_t sql_int(const char *sql) {
 
 static int setup(void **state) {
     (void)state;
-    PGconn *c = PQconnectdb(base);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PQclear(PQexec(c, "SET client_min_messages = warning"));
-    raw_ok(c, "DROP SCHEMA IF EXISTS wt_store_pg CASCADE");
-    raw_ok(c, "CREATE SCHEMA wt_store_pg");
-    PQfinish(c);
+    assert_int_equal(pg_fresh_schema("wt_store_pg", url, sizeof url), 0);
     return 0;
 }
 
@@ -525,13 +520,9 @@ static void test_schema_newer_refused_and_must_exist_creates_nothing(void **s) {
 int main(void) {
     const char *b = getenv("WARREN_TEST_PG_URL");
     if (b == NULL || b[0] == '\0') {
-        printf("skipped: WARREN_TEST_PG_URL is not set and scripts/test could "
-               "not start PostgreSQL\n");
+        printf(PG_SKIP_MESSAGE);
         return 77;
     }
-    snprintf(base, sizeof base, "%s", b);
-    snprintf(url, sizeof url, "%s%soptions=-csearch_path%%3Dwt_store_pg", b,
-             strchr(b, '?') ? "&" : "?");
     const struct CMUnitTest tests[] = {
         T(test_lease_is_stamped_and_judged_by_the_database_clock),
         T(test_taken_over_worker_cannot_record_an_outcome),
