@@ -181,40 +181,10 @@ static warren_result apply_pg(PGconn *pg, warren_ctx *ctx, const char *queue,
     return WARREN_ACK;
 }
 
-warren_result ledger(const warren_msg *msg, warren_ctx *ctx, void *user) {
-    ledger_state *s = user;
-    char account[ACCOUNT_MAX + 1];
-    long long amount;
-    const char *id = warren_msg_id(msg);
-    const char *queue = warren_msg_queue(msg);
-
-    s->calls++;
-    if (parse(msg, account, &amount) != 0) {
-        warren_ctx_set_error(ctx, "ledger: expected a body like "
-                                  "{\"account\":\"A\",\"amount\":123}");
-        return WARREN_DEAD;
-    }
-    PGconn *pg = id ? (PGconn *)warren_ctx_pg(ctx) : NULL;
-    if (pg != NULL) {
-        warren_result r = apply_pg(pg, ctx, queue, id, account, amount);
-        if (r == WARREN_ACK && s->fail_every > 0 &&
-            s->calls % s->fail_every == 0) {
-            warren_ctx_set_error(ctx,
-                                 "ledger: LEDGER_FAIL_EVERY=%ld: failing call "
-                                 "%ld after writing (warren rolls it back)",
-                                 s->fail_every, s->calls);
-            return WARREN_RETRY;
-        }
-        return r;
-    }
-    sqlite3 *db = warren_ctx_db(ctx);
-    if (db == NULL || id == NULL) {
-        /* No store, or it is busy: the message cannot be applied exactly
-         * once now. Retrying keeps it; max_attempts bounds the loop. */
-        warren_ctx_set_error(ctx, "ledger: no store database (needs the "
-                                  "store and a message id policy)");
-        return WARREN_RETRY;
-    }
+/* The three statements on SQLite: ACK, or RETRY with the reason set. */
+static warren_result apply_sqlite(sqlite3 *db, warren_ctx *ctx,
+                                  const char *queue, const char *id,
+                                  const char *account, long long amount) {
     /* Created lazily: init has no database, and DDL in a savepoint that is
      * rolled back is rolled back too, so it is checked every time. */
     static const char *const ddl[] = {
@@ -244,16 +214,44 @@ warren_result ledger(const warren_msg *msg, warren_ctx *ctx, void *user) {
             (const char *const[]){account}, 1, &amount) != SQLITE_DONE) {
         goto sql_error;
     }
-    if (s->fail_every > 0 && s->calls % s->fail_every == 0) {
+    return WARREN_ACK;
+
+sql_error:
+    warren_ctx_set_error(ctx, "ledger: sqlite: %s", sqlite3_errmsg(db));
+    return WARREN_RETRY;
+}
+
+warren_result ledger(const warren_msg *msg, warren_ctx *ctx, void *user) {
+    ledger_state *s = user;
+    char account[ACCOUNT_MAX + 1];
+    long long amount;
+    const char *id = warren_msg_id(msg);
+    const char *queue = warren_msg_queue(msg);
+
+    s->calls++;
+    if (parse(msg, account, &amount) != 0) {
+        warren_ctx_set_error(ctx, "ledger: expected a body like "
+                                  "{\"account\":\"A\",\"amount\":123}");
+        return WARREN_DEAD;
+    }
+    /* The store's own connection, whichever backend it is. */
+    PGconn *pg = id ? (PGconn *)warren_ctx_pg(ctx) : NULL;
+    sqlite3 *db = pg ? NULL : warren_ctx_db(ctx);
+    if ((pg == NULL && db == NULL) || id == NULL) {
+        /* No store, or it is busy: the message cannot be applied exactly
+         * once now. Retrying keeps it; max_attempts bounds the loop. */
+        warren_ctx_set_error(ctx, "ledger: no store database (needs the "
+                                  "store and a message id policy)");
+        return WARREN_RETRY;
+    }
+    warren_result r = pg ? apply_pg(pg, ctx, queue, id, account, amount)
+                         : apply_sqlite(db, ctx, queue, id, account, amount);
+    if (r == WARREN_ACK && s->fail_every > 0 && s->calls % s->fail_every == 0) {
         warren_ctx_set_error(ctx,
                              "ledger: LEDGER_FAIL_EVERY=%ld: failing call %ld "
                              "after writing (warren rolls it back)",
                              s->fail_every, s->calls);
         return WARREN_RETRY;
     }
-    return WARREN_ACK;
-
-sql_error:
-    warren_ctx_set_error(ctx, "ledger: sqlite: %s", sqlite3_errmsg(db));
-    return WARREN_RETRY;
+    return r;
 }
