@@ -99,13 +99,6 @@ int cmd_store(int argc, char **argv) {
                   sub);
         return EXIT_USAGE;
     }
-    if ((strcmp(sub, "export") == 0 && out == NULL) ||
-        (strcmp(sub, "import") == 0 && in == NULL)) {
-        cli_error("store %s: needs %s", sub,
-                  out == NULL && sub[0] == 'e' ? "--out FILE.jsonl"
-                                               : "--in FILE.jsonl");
-        return EXIT_USAGE;
-    }
     if (strcmp(sub, "forget") == 0 && (queue == NULL || id == NULL)) {
         cli_error("store forget: needs --queue Q and --id ID");
         return EXIT_USAGE;

@@ -82,9 +82,15 @@ static int write_row(const warren__store_entry *r, void *user) {
     return 0;
 }
 
-int cli_store_export(warren__store *st, const char *out, int force) {
+/* Opens the export's file, or stdout for NULL or "-": returns it, or NULL
+ * with the message printed and *code set. */
+static FILE *open_out(const char *out, int force, int *code) {
+    if (out == NULL || strcmp(out, "-") == 0) {
+        return stdout;
+    }
     int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (force ? O_TRUNC : O_EXCL);
     int fd = open(out, flags, 0600);
+    *code = EXIT_USAGE;
     if (fd < 0) {
         if (errno == EEXIST) {
             cli_error("store export: %s exists; add --force to overwrite it",
@@ -92,21 +98,34 @@ int cli_store_export(warren__store *st, const char *out, int force) {
         } else {
             cli_error("store export: %s: %s", out, strerror(errno));
         }
-        return EXIT_USAGE;
+        return NULL;
     }
+    *code = EXIT_FAILURE_RUNTIME;
     if (fchmod(fd, 0600) != 0) {
         cli_error("store export: %s: chmod 0600: %s", out, strerror(errno));
         close(fd);
-        return EXIT_FAILURE_RUNTIME;
+        return NULL;
     }
-    export_ctx x = {fdopen(fd, "w"), 0};
-    if (x.fp == NULL) {
+    FILE *fp = fdopen(fd, "w");
+    if (fp == NULL) {
         close(fd);
         cli_error("store export: %s: %s", out, strerror(errno));
-        return EXIT_FAILURE_RUNTIME;
+    }
+    return fp;
+}
+
+int cli_store_export(warren__store *st, const char *out, int force) {
+    int code = EXIT_OK;
+    export_ctx x = {open_out(out, force, &code), 0};
+    if (x.fp == NULL) {
+        return code;
+    }
+    int to_stdout = x.fp == stdout;
+    if (to_stdout) {
+        out = "stdout";
     }
     int rc = warren__store_each(st, write_row, &x);
-    int closed = fclose(x.fp);
+    int closed = to_stdout ? fflush(stdout) : fclose(x.fp);
     if (rc == WARREN_ERR_IO || (rc == 0 && closed != 0)) {
         cli_error("store export: %s: write failed: %s", out, strerror(errno));
         return EXIT_FAILURE_RUNTIME;
@@ -115,8 +134,9 @@ int cli_store_export(warren__store *st, const char *out, int force) {
         cli_error("store export: %s", warren__store_errstr(st));
         return cli_exit_code(rc);
     }
-    printf("exported %ld records from %s to %s\n", x.rows,
-           warren__store_path(st), out);
+    /* The summary goes where the records do not. */
+    fprintf(to_stdout ? stderr : stdout, "exported %ld records from %s to %s\n",
+            x.rows, warren__store_path(st), out);
     return EXIT_OK;
 }
 
@@ -203,7 +223,11 @@ static int commit_batch(warren__store *st) {
 }
 
 int cli_store_import(warren__store *st, const char *in) {
-    FILE *fp = fopen(in, "re");
+    int from_stdin = in == NULL || strcmp(in, "-") == 0;
+    if (from_stdin) {
+        in = "stdin";
+    }
+    FILE *fp = from_stdin ? stdin : fopen(in, "re");
     if (fp == NULL) {
         cli_error("store import: %s: %s", in, strerror(errno));
         return EXIT_USAGE;
@@ -273,6 +297,8 @@ int cli_store_import(warren__store *st, const char *in) {
                added, warren__store_path(st), kept);
     }
     free(line);
-    fclose(fp);
+    if (!from_stdin) {
+        fclose(fp);
+    }
     return code;
 }
