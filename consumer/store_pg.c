@@ -1050,6 +1050,11 @@ static struct pg_conn *pgb_pg(warren__store *s) {
     return pgs(s)->conn;
 }
 
+static int pgb_lost(const warren__store *s) {
+    const pg_store *p = (const pg_store *)s;
+    return p->conn != NULL && PQstatus(p->conn) != CONNECTION_OK;
+}
+
 const warren__store_ops warren__store_pg_ops = {
     .name = "postgresql",
     .size = sizeof(pg_store),
@@ -1076,6 +1081,7 @@ const warren__store_ops warren__store_pg_ops = {
     .stats = pgb_stats,
     .each = pgb_each,
     .put = pgb_put,
+    .lost = pgb_lost,
     .db = NULL,
     .pg = pgb_pg,
 };

@@ -400,6 +400,79 @@ static void test_lost_connection_is_retriable_and_reconnects(void **s) {
     warren__store_close(a);
 }
 
+static void kill_backend(warren__store *a) {
+    int backend = PQbackendPID((PGconn *)warren__store_pg(a));
+    PGconn *pc = raw();
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", backend);
+    raw_ok(pc, sql);
+    PQfinish(pc);
+}
+
+/* Outcomes of handlers that ran are not given up when the connection goes
+ * (a restart between them and their commit): they are recorded again on a
+ * new connection, so the handlers need not run again. At a record, at the
+ * commit, and at a commit joined with the next batch's claims. */
+static void test_outcomes_survive_a_lost_connection(void **s) {
+    (void)s;
+    warren__store *a = open_as("host-a", 1000, 60);
+    warren__claim c[3] = {{.queue = Q, .id = "m1"},
+                          {.queue = Q, .id = "m2"},
+                          {.queue = Q, .id = "m3"}};
+    assert_int_equal(warren__store_claim_batch(a, c, 3, 5, wall_ms()), 0);
+    /* Lost between two records. */
+    assert_int_equal(warren__store_begin(a), 0);
+    assert_int_equal(
+        warren__store_record(a, Q, "m1", WARREN__OUT_DONE, NULL, wall_ms()), 0);
+    kill_backend(a);
+    assert_int_equal(warren__store_record(a, Q, "m2", WARREN__OUT_RETRYING,
+                                          "later", wall_ms()),
+                     0);
+    assert_int_equal(warren__store_commit(a), 0);
+    assert_int_equal(
+        sql_int("SELECT count(*) FROM warren_messages WHERE state = 'done'"),
+        1);
+    assert_int_equal(sql_int("SELECT count(*) FROM warren_messages "
+                             "WHERE state = 'retrying'"),
+                     1);
+    /* Lost before the commit, joined with the next batch's claims. */
+    assert_int_equal(warren__store_begin(a), 0);
+    assert_int_equal(
+        warren__store_record(a, Q, "m3", WARREN__OUT_DONE, NULL, wall_ms()), 0);
+    kill_backend(a);
+    warren__claim next = {.queue = Q, .id = "m4"};
+    assert_int_equal(warren__store_claim_and_commit(a, &next, 1, 5, wall_ms()),
+                     0);
+    assert_int_equal(next.status, WARREN__CLAIM_RUN);
+    assert_int_equal(
+        sql_int("SELECT count(*) FROM warren_messages WHERE state = 'done'"),
+        2);
+    /* Lost right before a plain commit. */
+    assert_int_equal(warren__store_begin(a), 0);
+    assert_int_equal(
+        warren__store_record(a, Q, "m4", WARREN__OUT_DONE, NULL, wall_ms()), 0);
+    kill_backend(a);
+    assert_int_equal(warren__store_commit(a), 0);
+    assert_int_equal(
+        sql_int("SELECT count(*) FROM warren_messages WHERE state = 'done'"),
+        3);
+    /* A handler's own SQL cannot be replayed: its transaction is given up
+     * (the message runs again, its rows rolled back). */
+    warren__claim h = {.queue = Q, .id = "m5"};
+    assert_int_equal(warren__store_claim_batch(a, &h, 1, 5, wall_ms()), 0);
+    assert_int_equal(warren__store_savepoint(a), 0);
+    assert_int_equal(warren__store_savepoint_release(a), 0);
+    kill_backend(a);
+    assert_int_equal(
+        warren__store_record(a, Q, "m5", WARREN__OUT_DONE, NULL, wall_ms()),
+        WARREN_ERR_STORE_BUSY);
+    warren__store_rollback(a);
+    assert_int_equal(sql_int("SELECT count(*) FROM warren_messages "
+                             "WHERE id = 'm5' AND state = 'processing'"),
+                     1);
+    warren__store_close(a);
+}
+
 /* No server at the port: STORE (exit 8), the message says unreachable and
  * names the URL, and a password from WARREN_STORE_PASSWORD never shows. */
 static void test_unreachable_server_is_a_clear_store_error(void **s) {
@@ -531,6 +604,7 @@ int main(void) {
         T(test_trigger_refuses_illegal_transitions_in_sql),
         T(test_four_processes_claim_each_id_exactly_once),
         T(test_lost_connection_is_retriable_and_reconnects),
+        T(test_outcomes_survive_a_lost_connection),
         T(test_unreachable_server_is_a_clear_store_error),
         T(test_wrong_password_is_authentication_refused),
         T(test_read_only_server_is_refused),
