@@ -181,7 +181,11 @@ int warren__store_begin_within(warren__store *s, int64_t wait_ms);
 
 /* Outcome transaction. begin() opens BEGIN IMMEDIATE (no-op if open);
  * commit() makes every outcome recorded since durable per `synchronous`;
- * rollback() discards them. Handler savepoints nest inside it. */
+ * rollback() discards them. Handler savepoints nest inside it. If the
+ * connection is lost before the commit (a PostgreSQL restart), record(),
+ * commit() and claim_and_commit() record the transaction's outcomes again
+ * on a new connection, waiting up to 60 s for the server, unless a handler
+ * savepoint joined the transaction (its SQL cannot be replayed). */
 int warren__store_begin(warren__store *s);
 int warren__store_commit(warren__store *s);
 void warren__store_rollback(warren__store *s);
