@@ -140,6 +140,12 @@ static void pg_url_with_db(char *out, size_t len, const char *base,
     snprintf(out, len, "%.*s/%s%s", (int)head, base, db, query ? query : "");
 }
 
+/* Server notices ("database ... does not exist, skipping") are not news. */
+static void quiet_notice(void *arg, const char *message) {
+    (void)arg;
+    (void)message;
+}
+
 /* Makes the scenario's own database on the server of WARREN_TEST_PG_URL
  * (dropping one an earlier run left) and points r->store_url at it. */
 static void pg_setup(chaos_run *r) {
@@ -155,6 +161,7 @@ static void pg_setup(chaos_run *r) {
         }
     }
     PGconn *admin = PQconnectdb(base);
+    PQsetNoticeProcessor(admin, quiet_notice, NULL);
     if (PQstatus(admin) != CONNECTION_OK) {
         char e[512];
         snprintf(e, sizeof e, "%s", PQerrorMessage(admin));
@@ -190,6 +197,7 @@ static void pg_teardown(chaos_run *r) {
         return;
     }
     PGconn *admin = PQconnectdb(base);
+    PQsetNoticeProcessor(admin, quiet_notice, NULL);
     if (PQstatus(admin) == CONNECTION_OK) {
         char sql[128];
         snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)",

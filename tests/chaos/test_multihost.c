@@ -196,20 +196,28 @@ static void test_postgres_stopped_mid_run_hosts_resume(void **s) {
     chaos_start_producer(&run);
     chaos_wait_effects(&run, 2L * o.n / 3, 120);
     errs_arg a;
+    long errs = 0;
     for (int k = 0; k < o.hosts; k++) {
         a.base[k] = chaos_host_log_count(&run, k, "\"level\":\"error\"");
+        errs -= a.base[k];
     }
+    long effects_at_stop = chaos_effects(&run);
     assert_int_equal(pg_ctl("stop"), 0);
+    int64_t down_ms = chaos_now_ms();
     /* Down until every host has noticed (producers keep publishing). */
     int noticed = itest_wait_until(every_host_saw_store_gone, &a, 60);
-    long effects_down = chaos_effects(&run);
+    for (int k = 0; k < o.hosts; k++) {
+        errs += chaos_host_log_count(&run, k, "\"level\":\"error\"");
+    }
     assert_int_equal(pg_ctl("start"), 0);
+    down_ms = chaos_now_ms() - down_ms;
     chaos_wait_producer(&run, 120);
     int ok = chaos_drain(&run, 180);
     snprintf(run.note, sizeof run.note,
-             "PostgreSQL stopped at %ld effects until all %d hosts logged "
-             "errors%s, then started%s",
-             effects_down, o.hosts, noticed ? "" : " (NOT all did)",
+             "PostgreSQL stopped at %ld effects for %.1f s, until all %d "
+             "hosts had logged store errors%s (%ld lines), then started%s",
+             effects_at_stop, (double)down_ms / 1000.0, o.hosts,
+             noticed ? "" : " (NOT all did)", errs,
              ok ? "" : "; drain timed out");
     chaos_stop_pool(&run);
     chaos_check(&run);
