@@ -818,8 +818,9 @@ static void count_exec(chaos_run *r, tally *t) {
     int nd = killed_pids(r, dead, CHAOS_MAX_KILLED * 2);
     FILE *fp = fopen(r->effects, "r");
     char line[256], id[160];
-    long ppid;
+    long ppid, line_no = -1;
     while (fp && fgets(line, sizeof line, fp)) {
+        line_no++;
         if (sscanf(line, "%159s %ld", id, &ppid) != 2) {
             continue;
         }
@@ -828,6 +829,10 @@ static void count_exec(chaos_run *r, tally *t) {
             continue;
         }
         t->exec_count[i]++;
+        if (line_no >= r->excuse_exec_from && line_no < r->excuse_exec_to) {
+            t->exec_crashed[i]++; /* its outcome could not be recorded */
+            continue;
+        }
         if (ppid == 1) {
             /* Its worker was killed while the script ran: the script was
              * orphaned to init and still wrote its effect. */
@@ -1330,9 +1335,12 @@ void chaos_check(chaos_run *r) {
     if (ex) {
         snprintf(ex_once_s, sizeof ex_once_s, "%ld", ex_once);
         snprintf(ex_multi_s, sizeof ex_multi_s, "%ld%s", ex_multi,
-                 ex_multi == 0               ? ""
-                 : ex_multi_unexplained == 0 ? " (all in flight at a crash)"
-                                             : " (NOT all at a crash)");
+                 ex_multi == 0 ? ""
+                 : ex_multi_unexplained == 0
+                     ? (r->excuse_exec_to ? " (all in flight at a crash or "
+                                            "the outage)"
+                                          : " (all in flight at a crash)")
+                     : " (NOT all at a crash)");
     }
     if (le) {
         snprintf(le_once_s, sizeof le_once_s, "%ld", le_once);

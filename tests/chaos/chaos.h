@@ -75,6 +75,10 @@ typedef struct chaos_run {
      * consumer saw were removed by the scenario itself (a deleted queue):
      * counted as "dropped by the operator", not lost. 0: no window. */
     int64_t excuse_from_ms, excuse_to_ms;
+    /* Exec effect lines [excuse_exec_from, excuse_exec_to) (0-based, in the
+     * order written) ran while the store could not record outcomes: a
+     * second run of those ids is at-least-once like one after a crash. */
+    long excuse_exec_from, excuse_exec_to;
     char note[256]; /* printed in the row's last column */
     long good_dead; /* set by chaos_check: good ids only dead-lettered */
 } chaos_run;
