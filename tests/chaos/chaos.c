@@ -1032,24 +1032,7 @@ int chaos_kill_host(chaos_run *r, int host) {
     return killed;
 }
 
-int chaos_ctl(const char *const args[], char *out, size_t outlen) {
-    const char *name = getenv("WARREN_BROKER_NAME");
-    const char *src = getenv("WARREN_SOURCE_DIR");
-    if (name == NULL || src == NULL) {
-        skip();
-    }
-    char cmd[2048];
-    int len =
-        snprintf(cmd, sizeof cmd, "bash '%s/scripts/broker' ctl --name '%s' --",
-                 src, name);
-    for (int i = 0; args[i] && len < (int)sizeof cmd; i++) {
-        /* Arguments are the test's own constants; quoted for the shell. */
-        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", args[i]);
-    }
-    if (len >= (int)sizeof cmd - 8) {
-        return -1;
-    }
-    snprintf(cmd + len, sizeof cmd - (size_t)len, " 2>&1");
+int chaos_sh(const char *cmd, char *out, size_t outlen) {
     FILE *fp = popen(cmd, "r");
     if (fp == NULL) {
         return -1;
@@ -1069,6 +1052,27 @@ int chaos_ctl(const char *const args[], char *out, size_t outlen) {
     }
     int st = pclose(fp);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int chaos_ctl(const char *const args[], char *out, size_t outlen) {
+    const char *name = getenv("WARREN_BROKER_NAME");
+    const char *src = getenv("WARREN_SOURCE_DIR");
+    if (name == NULL || src == NULL) {
+        skip();
+    }
+    char cmd[2048];
+    int len =
+        snprintf(cmd, sizeof cmd, "bash '%s/scripts/broker' ctl --name '%s' --",
+                 src, name);
+    for (int i = 0; args[i] && len < (int)sizeof cmd; i++) {
+        /* Arguments are the test's own constants; quoted for the shell. */
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", args[i]);
+    }
+    if (len >= (int)sizeof cmd - 8) {
+        return -1;
+    }
+    snprintf(cmd + len, sizeof cmd - (size_t)len, " 2>&1");
+    return chaos_sh(cmd, out, outlen);
 }
 
 /* ---- drain ------------------------------------------------------------- */

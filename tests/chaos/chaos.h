@@ -130,6 +130,11 @@ long chaos_host_log_count(chaos_run *r, int host, const char *needle);
  * `warren_messages` on PostgreSQL: write "%s" for it. -1 on error. */
 long long chaos_store_count(chaos_run *r, const char *sql, const char *param);
 
+/* Runs the shell command `cmd` (the test's own constants only), its stdout
+ * in `out` (may be NULL; truncated to outlen - 1). Returns its exit status
+ * (-1 if it could not run). */
+int chaos_sh(const char *cmd, char *out, size_t outlen);
+
 /* Runs `scripts/broker ctl --name $WARREN_BROKER_NAME -- ARGS...` (argv
  * NULL-terminated) with its output in `out` (may be NULL). Returns its exit
  * status (-1 if it could not run). Skips the test without a broker name. */

@@ -44,28 +44,6 @@ static int env_int(const char *name, int dflt) {
     return v && *v ? atoi(v) : dflt;
 }
 
-/* Runs `cmd` (the test's own constants only) and returns its stdout. */
-static int run_cmd(const char *cmd, char *out, size_t outlen) {
-    FILE *fp = popen(cmd, "r");
-    if (fp == NULL) {
-        return -1;
-    }
-    size_t got = 0, k;
-    char buf[512];
-    while ((k = fread(buf, 1, sizeof buf, fp)) > 0) {
-        if (out && got + 1 < outlen) {
-            size_t m = k < outlen - 1 - got ? k : outlen - 1 - got;
-            memcpy(out + got, buf, m);
-            got += m;
-        }
-    }
-    if (out && outlen) {
-        out[got] = '\0';
-    }
-    int st = pclose(fp);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int is_pg(void) {
     const char *s = getenv("CHAOS_STORE");
     return s && strcmp(s, "postgresql") == 0;
@@ -159,7 +137,7 @@ static int pg_ctl(const char *verb) {
              "2>/dev/null",
              getenv("WARREN_SOURCE_DIR"), verb, getenv("WARREN_PG_NAME"),
              strcmp(verb, "stop") == 0 ? "--keep" : "");
-    return run_cmd(cmd, out, sizeof out);
+    return chaos_sh(cmd, out, sizeof out);
 }
 
 typedef struct {
@@ -274,7 +252,7 @@ static int cluster_setup(void **state) {
              "bash '%s/scripts/broker' cluster start %d --name '%s' "
              "</dev/null",
              getenv("WARREN_SOURCE_DIR"), nodes, cluster_name);
-    if (run_cmd(cmd, out, sizeof out) != 0) {
+    if (chaos_sh(cmd, out, sizeof out) != 0) {
         fprintf(stderr, "test_multihost: %s failed\n", cmd);
         cluster_name[0] = '\0';
         return -1;
@@ -297,7 +275,7 @@ static int cluster_teardown(void **state) {
                  "bash '%s/scripts/broker' cluster stop --name '%s' "
                  "</dev/null >/dev/null 2>&1",
                  getenv("WARREN_SOURCE_DIR"), cluster_name);
-        run_cmd(cmd, NULL, 0);
+        chaos_sh(cmd, NULL, 0);
     }
     return 0;
 }
