@@ -43,6 +43,10 @@ void cli_error(const char *fmt, ...) WARREN_PRINTF(1, 2);
 
 int cmd_run(int argc, char **argv);
 int cmd_store(int argc, char **argv);
+/* `warren store export|import` (store_io.c): exit codes. */
+struct warren__store;
+int cli_store_export(struct warren__store *st, const char *out, int force);
+int cli_store_import(struct warren__store *st, const char *in);
 int cmd_topology(int argc, char **argv);
 int cmd_dlq(int argc, char **argv);
 int cmd_status(int argc, char **argv);

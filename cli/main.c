@@ -66,10 +66,19 @@ static const char *usage_store =
     "usage: warren store stats -c FILE [--json]\n"
     "       warren store forget -c FILE --queue Q --id ID\n"
     "       warren store prune -c FILE\n"
+    "       warren store migrate -c FILE\n"
+    "       warren store export -c FILE [--out FILE.jsonl [--force]]\n"
+    "       warren store import -c FILE [--in FILE.jsonl]\n"
     "\n"
     "stats   rows per queue and state, and the file size\n"
     "forget  delete the record of one id so it may run again\n"
-    "prune   delete done/dead records older than store.retention_s now\n";
+    "prune   delete done/dead records older than store.retention_s now\n"
+    "migrate create the store or upgrade its schema to this warren's\n"
+    "        (workers do it on start; for a PostgreSQL store set up ahead)\n"
+    "export  write every record as JSON lines (stop the workers first) to\n"
+    "        --out (created 0600) or stdout\n"
+    "import  add the records of an export (--in, or stdin) to this config's\n"
+    "        store, keeping any already there: SQLite -> PostgreSQL and back\n";
 
 static const char *usage_topology =
     "usage: warren topology declare -c FILE\n"

@@ -530,8 +530,10 @@ static void set_store_path(pool *p) {
         any |= p->cfg->consumers[i].dedup;
     }
     pthread_mutex_lock(&p->view.lock);
+    /* The metrics report the size of a SQLite file; a database server's
+     * size is not the workers' to report. */
     snprintf(p->view.store_path, sizeof p->view.store_path, "%s",
-             any ? p->cfg->store.path : "");
+             any && p->cfg->store.path ? p->cfg->store.path : "");
     pthread_mutex_unlock(&p->view.lock);
 }
 
@@ -585,7 +587,22 @@ static void begin_reload(pool *p) {
                     "%s: store.path changed (%s -> %s): new workers use the "
                     "new file, which has no record of what the old one saw "
                     "(restart with an empty queue to change it safely)",
-                    p->path, p->cfg->store.path, ncfg->store.path);
+                    p->path, p->cfg->store.path ? p->cfg->store.path : "none",
+                    ncfg->store.path ? ncfg->store.path : "none");
+    }
+    if (!same_str(ncfg->store.url, p->cfg->store.url)) {
+        char was[512], now[512];
+        warren_redact_url(p->cfg->store.url ? p->cfg->store.url : "none", was,
+                          sizeof was);
+        warren_redact_url(ncfg->store.url ? ncfg->store.url : "none", now,
+                          sizeof now);
+        warren__log(WARREN_LOG_WARN,
+                    &(warren__log_fields){"reload_store_path", NULL, NULL, NULL,
+                                          -1, -1},
+                    "%s: store.url changed (%s -> %s): new workers use the "
+                    "new database, which has no record of what the old one "
+                    "saw (restart with an empty queue to change it safely)",
+                    p->path, was, now);
     }
     /* A consumer keeps its workers if its queue, its parsed config, the
      * broker and store sections and (a plugin) its file are all the same:

@@ -1,7 +1,8 @@
 /*
- * store_cmd.c - `warren store stats|forget|prune`: an operator's view of
- * the message store, working on the same file the workers use (safe while
- * they run: every write is its own short BEGIN IMMEDIATE transaction).
+ * store_cmd.c - `warren store stats|forget|prune|migrate`: an operator's
+ * view of the message store, working on the same file or database the
+ * workers use (safe while they run: every write is its own short
+ * transaction).
  */
 #include "cli.h"
 
@@ -34,10 +35,10 @@ static void print_row(const char *queue, const char *state, int64_t rows,
     }
 }
 
-static int open_for_cli(const warren_config *cfg, warren__store **st) {
+static int open_for_cli(const warren_config *cfg, unsigned flags,
+                        warren__store **st) {
     char err[1024];
-    int rc = warren__store_open_config(cfg, NULL, WARREN__STORE_F_MUST_EXIST,
-                                       st, err, sizeof err);
+    int rc = warren__store_open_config(cfg, NULL, flags, st, err, sizeof err);
     if (rc != 0) {
         cli_error("%s", err);
     }
@@ -49,17 +50,31 @@ int cmd_store(int argc, char **argv) {
                                          {"queue", required_argument, 0, 'q'},
                                          {"id", required_argument, 0, 'i'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"in", required_argument, 0, 'n'},
+                                         {"force", no_argument, 0, 'f'},
                                          {0, 0, 0, 0}};
     const char *path = NULL, *queue = NULL, *id = NULL, *sub;
-    int json = 0, opt, rc;
+    const char *out = NULL, *in = NULL;
+    int json = 0, force = 0, opt, rc;
     if (argc < 2) {
-        cli_error("usage: warren store stats|forget|prune -c FILE");
+        cli_error("usage: warren store stats|forget|prune|migrate|export|"
+                  "import -c FILE");
         return EXIT_USAGE;
     }
     sub = argv[1];
     optind = 2;
-    while ((opt = getopt_long(argc, argv, "c:q:i:j", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:q:i:jo:n:f", opts, NULL)) != -1) {
         switch (opt) {
+        case 'o':
+            out = optarg;
+            break;
+        case 'n':
+            in = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
         case 'c':
             path = optarg;
             break;
@@ -76,8 +91,12 @@ int cmd_store(int argc, char **argv) {
             return EXIT_USAGE;
         }
     }
-    if (strcmp(sub, "stats") && strcmp(sub, "forget") && strcmp(sub, "prune")) {
-        cli_error("store: unknown subcommand '%s' (stats, forget, prune)", sub);
+    if (strcmp(sub, "stats") && strcmp(sub, "forget") && strcmp(sub, "prune") &&
+        strcmp(sub, "migrate") && strcmp(sub, "export") &&
+        strcmp(sub, "import")) {
+        cli_error("store: unknown subcommand '%s' (stats, forget, prune, "
+                  "migrate, export, import)",
+                  sub);
         return EXIT_USAGE;
     }
     if (strcmp(sub, "forget") == 0 && (queue == NULL || id == NULL)) {
@@ -89,25 +108,45 @@ int cmd_store(int argc, char **argv) {
         return EXIT_USAGE;
     }
     warren__store *st = NULL;
-    rc = open_for_cli(cfg, &st);
+    /* Only migrate creates or upgrades the store (as `warren run` does). */
+    int migrate = strcmp(sub, "migrate") == 0 || strcmp(sub, "import") == 0;
+    rc = open_for_cli(cfg, migrate ? 0 : WARREN__STORE_F_MUST_EXIST, &st);
     if (rc == WARREN_ERR_NOT_FOUND) {
         /* No such file: the config names another store than the workers'
          * (they create it); an empty new one would show nothing. */
         warren_config_free(cfg);
         return EXIT_USAGE;
     }
-    if (rc == 0 && strcmp(sub, "stats") == 0) {
+    if (rc == 0 && (strcmp(sub, "export") == 0 || strcmp(sub, "import") == 0)) {
+        int code = sub[0] == 'e' ? cli_store_export(st, out, force)
+                                 : cli_store_import(st, in);
+        warren__store_close(st);
+        warren_config_free(cfg);
+        return code;
+    }
+    if (rc == 0 && migrate) {
+        printf("store %s (%s): schema up to date\n", warren__store_path(st),
+               warren__store_backend(st));
+    } else if (rc == 0 && strcmp(sub, "stats") == 0) {
         stats_ctx sc = {json ? cJSON_CreateArray() : NULL};
         struct stat sb;
-        long long size = stat(cfg->store.path, &sb) == 0 ? sb.st_size : -1;
-        if (!json) {
+        /* A database server's size is not ours to report: -1. */
+        long long size =
+            cfg->store.url == NULL && stat(cfg->store.path, &sb) == 0
+                ? sb.st_size
+                : -1;
+        if (!json && cfg->store.url) {
+            printf("store %s (postgresql)\n", warren__store_path(st));
+            printf("%-32s %-12s %12s\n", "QUEUE", "STATE", "ROWS");
+        } else if (!json) {
             printf("store %s (%lld bytes)\n", cfg->store.path, size);
             printf("%-32s %-12s %12s\n", "QUEUE", "STATE", "ROWS");
         }
         rc = warren__store_stats(st, print_row, &sc);
         if (json && rc == 0) {
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "path", cfg->store.path);
+            cJSON_AddStringToObject(o, "path", warren__store_path(st));
+            cJSON_AddStringToObject(o, "backend", warren__store_backend(st));
             cJSON_AddNumberToObject(o, "bytes", (double)size);
             cJSON_AddItemToObject(o, "rows", sc.rows);
             char *text = cJSON_Print(o);

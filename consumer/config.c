@@ -648,15 +648,35 @@ static void parse_broker(parser *p, const cJSON *root, warren_config *cfg) {
 }
 
 static void parse_store(parser *p, const cJSON *root, warren_config *cfg) {
-    static const char *const keys[] = {"path", "synchronous", "retention_s",
-                                       "busy_timeout_ms", "lease_s"};
+    static const char *const keys[] = {"path",        "synchronous",
+                                       "retention_s", "busy_timeout_ms",
+                                       "lease_s",     "url"};
     static const char *const sync[] = {"full", "normal"};
     const cJSON *s = get_obj(p, root, "", "store");
     int mode = (int)cfg->store.synchronous;
-    if (s == NULL || check_keys(p, s, "store", keys, 5) != 0) {
+    if (s == NULL || check_keys(p, s, "store", keys, 6) != 0) {
         return;
     }
     get_str_dup(p, s, "store", "path", PATH_STR_MAX, &cfg->store.path);
+    get_str_dup(p, s, "store", "url", PATH_STR_MAX, &cfg->store.url);
+    const char *url = cfg->store.url;
+    if (p->rc == 0 && url != NULL) {
+        /* path means SQLite, url PostgreSQL: one store, not a guess. */
+        if (cfg->store.path != NULL) {
+            fail(p, "store.url",
+                 "store.path and store.url both given: path is a SQLite "
+                 "file, url a PostgreSQL database; keep one");
+        } else if (strncmp(url, "postgresql://", 13) != 0 &&
+                   strncmp(url, "postgres://", 11) != 0) {
+            fail(p, "store.url",
+                 "expected a postgresql://user@host:port/database URL");
+        } else if (warren__url_has_password(url) ||
+                   strstr(url, "password=") != NULL) {
+            fail(p, "store.url",
+                 "a password in the URL is not allowed: set PGPASSWORD, "
+                 "WARREN_STORE_PASSWORD or ~/.pgpass instead");
+        }
+    }
     get_enum(p, s, "store", "synchronous", sync, 2, &mode);
     cfg->store.synchronous = (warren__sync_mode)mode;
     get_u32(p, s, "store", "retention_s", 0, UINT32_MAX,
@@ -1340,7 +1360,7 @@ static int parse_buffer(parser *p, const char *json, size_t len,
         parse_metrics(p, root, cfg);
         parse_consumers(p, root, cfg);
     }
-    if (p->rc == 0 && cfg->store.path == NULL) {
+    if (p->rc == 0 && cfg->store.path == NULL && cfg->store.url == NULL) {
         cfg->store.path = dup_or_oom(p, "warren.db");
     }
     cJSON_Delete(root);
@@ -1474,6 +1494,7 @@ void warren_config_free(warren_config *cfg) {
     free(cfg->broker.client_cert);
     free(cfg->broker.client_key);
     free(cfg->store.path);
+    free(cfg->store.url);
     free(cfg->metrics_listen);
     for (int i = 0; cfg->consumers != NULL && i < cfg->n_consumers; i++) {
         warren__consumer_cfg *c = &cfg->consumers[i];
@@ -1570,6 +1591,7 @@ int warren__config_worker_globals_equal(const warren_config *a,
            a->broker.verify_peer == b->broker.verify_peer &&
            a->broker.verify_hostname == b->broker.verify_hostname &&
            str_eq(a->store.path, b->store.path) &&
+           str_eq(a->store.url, b->store.url) &&
            a->store.synchronous == b->store.synchronous &&
            a->store.retention_s == b->store.retention_s &&
            a->store.busy_timeout_ms == b->store.busy_timeout_ms &&

@@ -139,7 +139,8 @@ struct warren_config {
         bool verify_hostname;     /* default true */
     } broker;
     struct {
-        char *path; /* default "warren.db" */
+        char *path; /* SQLite file; default "warren.db" unless url is set */
+        char *url;  /* PostgreSQL: postgresql://user@host:port/db; NULL */
         warren__sync_mode synchronous;
         uint32_t retention_s;     /* default 7 days */
         uint32_t busy_timeout_ms; /* default 5000 */

@@ -36,10 +36,9 @@ int64_t warren_ctx_deadline(const warren_ctx *ctx) {
     return ctx ? ctx->deadline_ms : 0;
 }
 
-struct sqlite3 *warren_ctx_db(warren_ctx *ctx) {
-    if (ctx == NULL || ctx->store == NULL) {
-        return NULL;
-    }
+/* Opens the handler's savepoint in this message's write transaction, once.
+ * Returns 0, or -1 if it cannot begin. */
+static int open_handler_txn(warren_ctx *ctx) {
     if (!ctx->db_used) {
         /* The handler's own transaction opens lazily, so handlers that
          * never use the database never hold the store's write lock while
@@ -51,13 +50,29 @@ struct sqlite3 *warren_ctx_db(warren_ctx *ctx) {
             wait = left < wait ? (left > 0 ? left : 0) : wait;
         }
         if (warren__store_begin_within(ctx->store, wait) != 0) {
-            return NULL;
+            return -1;
         }
         if (warren__store_savepoint(ctx->store) != 0) {
             warren__store_rollback(ctx->store);
-            return NULL;
+            return -1;
         }
         ctx->db_used = 1;
     }
+    return 0;
+}
+
+struct sqlite3 *warren_ctx_db(warren_ctx *ctx) {
+    if (ctx == NULL || ctx->store == NULL ||
+        warren__store_db(ctx->store) == NULL || open_handler_txn(ctx) != 0) {
+        return NULL;
+    }
     return warren__store_db(ctx->store);
+}
+
+struct pg_conn *warren_ctx_pg(warren_ctx *ctx) {
+    if (ctx == NULL || ctx->store == NULL ||
+        warren__store_pg(ctx->store) == NULL || open_handler_txn(ctx) != 0) {
+        return NULL;
+    }
+    return warren__store_pg(ctx->store);
 }

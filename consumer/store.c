@@ -32,6 +32,20 @@
 #include <unistd.h>
 
 #define STORED_ERROR_MAX WARREN__STORED_ERROR_MAX
+/* How long a lost connection is waited for before the outcomes of handlers
+ * that already ran are given up (the worker then hands the batch back and
+ * the handlers run again): as long as a busy SQLite store is waited for. */
+#define RESCUE_WAIT_MS 60000
+
+/* One outcome of the open transaction, kept to replay it. */
+struct warren__replay {
+    char queue[256];
+    char id[WARREN__ID_MAX + 1];
+    warren__outcome_kind kind;
+    char *error; /* NULL: none */
+    size_t error_len;
+    int64_t now_ms;
+};
 
 const char warren__store_fix_corrupt[] =
     "move it aside; the store will be recreated; ids already handled may "
@@ -182,6 +196,14 @@ int warren__store_open(const char *path, const warren__store_opts *opts,
                         errlen);
 }
 
+int warren__store_open_url(const char *url, const warren__store_opts *opts,
+                           warren__store **out, char *err, size_t errlen) {
+    char name[PATH_MAX];
+    warren_redact_url(url ? url : "", name, sizeof name);
+    return open_backend(&warren__store_pg_ops, url ? name : NULL, url, opts,
+                        out, err, errlen);
+}
+
 int warren__store_open_config(const warren_config *cfg, const char *host,
                               unsigned flags, warren__store **out, char *err,
                               size_t errlen) {
@@ -202,7 +224,102 @@ int warren__store_open_config(const warren_config *cfg, const char *host,
         .owner_pid = (int)getpid(),
         .flags = flags,
     };
+    if (cfg->store.url) {
+        return warren__store_open_url(cfg->store.url, &o, out, err, errlen);
+    }
     return warren__store_open(cfg->store.path, &o, out, err, errlen);
+}
+
+/* Forgets the outcomes kept for a replay: the transaction ended. */
+static void replay_clear(warren__store *s) {
+    for (size_t i = 0; i < s->n_replay; i++) {
+        free(s->replay[i].error);
+    }
+    s->n_replay = 0;
+    s->replay_off = 0;
+}
+
+/* Keeps one recorded outcome for a replay. Out of memory: replays are
+ * turned off for this transaction (it then fails as without them). */
+static void replay_keep(warren__store *s, const char *queue, const char *id,
+                        warren__outcome_kind kind, const char *error,
+                        size_t error_len, int64_t now_ms) {
+    if (s->ops->lost == NULL || s->replay_off) {
+        return;
+    }
+    if (s->n_replay == s->cap_replay) {
+        size_t cap = s->cap_replay ? s->cap_replay * 2 : 64;
+        struct warren__replay *r = realloc(s->replay, cap * sizeof *r);
+        if (r == NULL) {
+            s->replay_off = 1;
+            return;
+        }
+        s->replay = r;
+        s->cap_replay = cap;
+    }
+    struct warren__replay *r = &s->replay[s->n_replay];
+    snprintf(r->queue, sizeof r->queue, "%s", queue);
+    snprintf(r->id, sizeof r->id, "%s", id);
+    r->kind = kind;
+    r->error = NULL;
+    r->error_len = error_len;
+    r->now_ms = now_ms;
+    if (error && (r->error = malloc(error_len + 1)) == NULL) {
+        s->replay_off = 1;
+        return;
+    }
+    if (error) {
+        memcpy(r->error, error, error_len);
+        r->error[error_len] = '\0';
+    }
+    s->n_replay++;
+}
+
+/* 1 if the open transaction was lost with the connection and can be
+ * replayed: nothing in it but outcomes store.c kept. */
+static int replayable(const warren__store *s) {
+    return s->ops->lost != NULL && !s->replay_off && s->ops->lost(s);
+}
+
+/* After the connection was lost: waits (up to RESCUE_WAIT_MS in all, from
+ * `t0`) for a new one and records the kept outcomes again in a new
+ * transaction, left open. Returns 0, or the error that ended the wait (the
+ * transaction then rolled back). A record that is not ours any more (taken
+ * over meanwhile) is left out, as its first recording would have been. */
+static int begin_wait(warren__store *s, int64_t wait_ms);
+
+static int rescue(warren__store *s, const struct timespec *t0) {
+    for (;;) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t left =
+            RESCUE_WAIT_MS - ((int64_t)(t.tv_sec - t0->tv_sec) * 1000 +
+                              (t.tv_nsec - t0->tv_nsec) / 1000000);
+        if (left <= 0) {
+            return WARREN_ERR_STORE_BUSY;
+        }
+        warren__log(WARREN_LOG_WARN, NULL,
+                    "%s: the connection to the store was lost with %zu "
+                    "outcomes unrecorded; recording them again (waiting up "
+                    "to %lld ms more)",
+                    s->path, s->n_replay, (long long)left);
+        int rc = begin_wait(s, left);
+        for (size_t i = 0; rc == 0 && i < s->n_replay; i++) {
+            struct warren__replay *r = &s->replay[i];
+            int changed = 0;
+            rc = s->ops->record(s, r->queue, r->id, r->kind, r->error,
+                                r->error_len, r->now_ms, &changed);
+        }
+        if (rc == 0) {
+            return 0;
+        }
+        if (!(s->ops->lost && s->ops->lost(s))) {
+            if (warren__store_in_txn(s)) {
+                s->ops->rollback(s);
+            }
+            return rc;
+        }
+    }
 }
 
 void warren__store_close(warren__store *s) {
@@ -210,6 +327,8 @@ void warren__store_close(warren__store *s) {
         return;
     }
     s->ops->close(s);
+    replay_clear(s);
+    free(s->replay);
     free(s);
 }
 
@@ -284,10 +403,13 @@ static int claim_one(warren__store *s, warren__claim *claims, size_t i,
     c->lost = 0;
 
     /* The unique key decides: whoever inserts first owns the claim. */
-    int inserted = 0;
-    int rc = s->ops->insert(s, c, now_ms, &inserted);
-    if (rc != 0) {
-        return rc;
+    int inserted = c->inserted;
+    int rc = 0;
+    if (s->ops->insert_many == NULL) {
+        rc = s->ops->insert(s, c, now_ms, &inserted);
+        if (rc != 0) {
+            return rc;
+        }
     }
     if (inserted) {
         c->status = WARREN__CLAIM_RUN;
@@ -426,16 +548,39 @@ static int claim_txn(warren__store *s, warren__claim *claims, size_t n,
     if (n == 0 && !joined) {
         return 0;
     }
-    int rc = joined ? 0 : s->ops->begin(s, "begin claim");
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = claim_one(s, claims, i, max_deliveries, now_ms);
-    }
-    if (rc == 0) {
-        rc = s->ops->commit(s, joined ? "commit outcomes and claims"
-                                      : "commit claims");
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc;
+    for (;;) {
+        rc = joined ? 0 : s->ops->begin(s, "begin claim");
+        for (size_t i = 0; i < n; i++) {
+            claims[i].inserted = 0;
+        }
+        if (rc == 0 && s->ops->insert_many != NULL && n > 0) {
+            /* One round trip for the new ids of the batch, not one each. */
+            rc = s->ops->insert_many(s, claims, n, now_ms);
+        }
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            rc = claim_one(s, claims, i, max_deliveries, now_ms);
+        }
+        if (rc == 0) {
+            rc = s->ops->commit(s, joined ? "commit outcomes and claims"
+                                          : "commit claims");
+        }
+        /* Joined: the outcomes of handlers that ran were lost with the
+         * connection; record them again and claim again on a new one. */
+        if (rc != 0 && joined && replayable(s)) {
+            rc = rescue(s, &t0);
+            if (rc == 0) {
+                continue;
+            }
+        }
+        break;
     }
     if (rc != 0) {
         warren__store_rollback(s);
+    } else {
+        replay_clear(s);
     }
     return rc;
 }
@@ -512,17 +657,23 @@ int warren__store_mark_crashed(warren__store *s, const char *queue,
     return rc;
 }
 
-int warren__store_begin_within(warren__store *s, int64_t wait_ms) {
-    struct timespec t0, t;
+/* Opens a write transaction, retried while the store is busy for up to
+ * `wait_ms` in all (see warren__store_begin_within()); keeps the replay
+ * log as it is. */
+static int begin_wait(warren__store *s, int64_t wait_ms) {
+    struct timespec t0, t, a;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
-        int rc = warren__store_begin(s);
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int rc = warren__store_in_txn(s) ? 0 : s->ops->begin(s, "begin");
         if (rc != WARREN_ERR_STORE_BUSY) {
             return rc;
         }
         clock_gettime(CLOCK_MONOTONIC, &t);
         int64_t spent = (int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
                         (t.tv_nsec - t0.tv_nsec) / 1000000;
+        int64_t this_try = (int64_t)(t.tv_sec - a.tv_sec) * 1000 +
+                           (t.tv_nsec - a.tv_nsec) / 1000000;
         if (spent >= wait_ms) {
             return rc;
         }
@@ -535,8 +686,22 @@ int warren__store_begin_within(warren__store *s, int64_t wait_ms) {
             /* no busy handler: do not spin */
             struct timespec ten_ms = {0, 10 * 1000 * 1000};
             nanosleep(&ten_ms, NULL);
+        } else if (this_try < 50 && s->ops->lost != NULL) {
+            /* A server that refuses at once (restarting): do not spin. */
+            struct timespec pause = {0, 100 * 1000 * 1000};
+            nanosleep(&pause, NULL);
         }
     }
+}
+
+int warren__store_begin_within(warren__store *s, int64_t wait_ms) {
+    if (s == NULL) {
+        return WARREN_ERR_INVAL;
+    }
+    if (!warren__store_in_txn(s)) {
+        replay_clear(s);
+    }
+    return begin_wait(s, wait_ms);
 }
 
 int warren__store_begin(warren__store *s) {
@@ -546,6 +711,7 @@ int warren__store_begin(warren__store *s) {
     if (warren__store_in_txn(s)) {
         return 0;
     }
+    replay_clear(s);
     return s->ops->begin(s, "begin");
 }
 
@@ -556,11 +722,28 @@ int warren__store_commit(warren__store *s) {
     if (!warren__store_in_txn(s)) {
         return 0;
     }
-    return s->ops->commit(s, "commit");
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = s->ops->commit(s, "commit");
+    /* The commit's answer was lost with the connection: the server either
+     * committed or not. Recording again is safe either way: an outcome
+     * already committed is not ours any more (not changed). */
+    while (rc != 0 && replayable(s)) {
+        rc = rescue(s, &t0);
+        if (rc == 0) {
+            rc = s->ops->commit(s, "commit");
+        }
+    }
+    replay_clear(s);
+    return rc;
 }
 
 void warren__store_rollback(warren__store *s) {
-    if (s == NULL || !warren__store_in_txn(s)) {
+    if (s == NULL) {
+        return;
+    }
+    replay_clear(s);
+    if (!warren__store_in_txn(s)) {
         return;
     }
     s->ops->rollback(s);
@@ -571,6 +754,7 @@ int warren__store_savepoint(warren__store *s) {
     if (rc != 0) {
         return rc;
     }
+    s->replay_off = 1; /* a handler's SQL joins: nothing to replay */
     return s->ops->savepoint(s);
 }
 
@@ -620,11 +804,21 @@ int warren__store_record(warren__store *s, const char *queue, const char *id,
         error = NULL;
     }
     int changed = 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc =
         s->ops->record(s, queue, id, kind, error, error_len, now_ms, &changed);
+    while (rc != 0 && replayable(s)) {
+        rc = rescue(s, &t0);
+        if (rc == 0) {
+            rc = s->ops->record(s, queue, id, kind, error, error_len, now_ms,
+                                &changed);
+        }
+    }
     if (rc != 0) {
         return rc;
     }
+    replay_keep(s, queue, id, kind, error, error_len, now_ms);
     if (changed == 0) {
         return set_err(s, WARREN_ERR_NOT_FOUND,
                        "record: %s/%s is not claimed by this worker any more",
@@ -745,4 +939,63 @@ int warren__store_stats(warren__store *s,
         return WARREN_ERR_INVAL;
     }
     return s->ops->stats(s, fn, user);
+}
+
+int warren__store_each(warren__store *s,
+                       int (*fn)(const warren__store_entry *r, void *user),
+                       void *user) {
+    if (s == NULL || fn == NULL) {
+        return WARREN_ERR_INVAL;
+    }
+    return s->ops->each(s, fn, user);
+}
+
+int warren__store_put(warren__store *s, const warren__store_entry *r,
+                      int *inserted) {
+    static const char *const states[] = {"processing", "done", "retrying",
+                                         "dead"};
+    if (inserted) {
+        *inserted = 0;
+    }
+    if (s == NULL || r == NULL || inserted == NULL) {
+        return WARREN_ERR_INVAL;
+    }
+    if (!warren__store_in_txn(s)) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: no open transaction (call begin first)");
+    }
+    if (r->queue == NULL || r->queue[0] == '\0' || r->id == NULL ||
+        r->id[0] == '\0' || strlen(r->id) > WARREN__ID_MAX) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: a record needs a queue and an id of 1 to %d "
+                       "bytes",
+                       WARREN__ID_MAX);
+    }
+    int known = 0;
+    for (size_t i = 0; r->state && i < sizeof states / sizeof states[0]; i++) {
+        known |= strcmp(r->state, states[i]) == 0;
+    }
+    if (!known) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: %s/%s: state \"%s\" is not one of processing, "
+                       "done, retrying, dead",
+                       r->queue, r->id, r->state ? r->state : "(none)");
+    }
+    if (r->attempts < 1 || r->deliveries < 0 || r->replays < 0) {
+        return set_err(s, WARREN_ERR_INVAL,
+                       "put: %s/%s: attempts must be >= 1, deliveries and "
+                       "replays >= 0",
+                       r->queue, r->id);
+    }
+    warren__store_entry c = *r;
+    char last_error[STORED_ERROR_MAX], crashed[STORED_ERROR_MAX];
+    if (c.last_error) {
+        warren__store_copy_text(last_error, sizeof last_error, c.last_error);
+        c.last_error = last_error;
+    }
+    if (c.crashed_reason) {
+        warren__store_copy_text(crashed, sizeof crashed, c.crashed_reason);
+        c.crashed_reason = crashed;
+    }
+    return s->ops->put(s, &c, inserted);
 }

@@ -62,6 +62,9 @@ typedef struct {
  * at another file than the workers (a relative store.path run from another
  * directory, another box). Only `warren run` creates the store. */
 #define WARREN__STORE_F_MUST_EXIST 1u
+/* Seam for tests of a shared (PostgreSQL) store: stamp and judge leases by
+ * the caller's now_ms, as SQLite does, instead of the database's clock. */
+#define WARREN__STORE_F_CALLER_CLOCK 2u
 
 /* Opens (creating mode 0600 if missing, together with -wal/-shm, unless
  * WARREN__STORE_F_MUST_EXIST) and migrates the store at `path`. On failure
@@ -69,11 +72,18 @@ typedef struct {
  * file and the fix into `err`. */
 int warren__store_open(const char *path, const warren__store_opts *opts,
                        warren__store **out, char *err, size_t errlen);
-/* Opens the store the configuration names (store.path), as the worker
- * with owner host `host` (NULL: this host's name, warren__host_id()) and
- * this process's pid, with `flags` (WARREN__STORE_F_*): the one way the
- * worker and the CLI's commands open it. Errors as warren__store_open(),
- * and WARREN_ERR_CONFIG for an unusable WARREN_HOST_ID. */
+/* Opens (creating or migrating its tables unless WARREN__STORE_F_MUST_EXIST)
+ * the PostgreSQL store at `url` (postgresql://user@host:port/db; the
+ * password from PGPASSWORD, ~/.pgpass or WARREN_STORE_PASSWORD). Errors
+ * name the URL without a password; as warren__store_open() otherwise. */
+int warren__store_open_url(const char *url, const warren__store_opts *opts,
+                           warren__store **out, char *err, size_t errlen);
+/* Opens the store the configuration names (store.url, else store.path), as
+ * the worker with owner host `host` (NULL: this host's name,
+ * warren__host_id()) and this process's pid, with `flags`
+ * (WARREN__STORE_F_*): the one way the worker and the CLI's commands open
+ * it. Errors as warren__store_open(), and WARREN_ERR_CONFIG for an unusable
+ * WARREN_HOST_ID. */
 int warren__store_open_config(const warren_config *cfg, const char *host,
                               unsigned flags, warren__store **out, char *err,
                               size_t errlen);
@@ -121,7 +131,9 @@ typedef struct {
      * if none. The claim clears it in the store, so one crash is reported
      * once; the worker spends the attempt without running the handler. */
     char crashed_reason[256];
-    int lost; /* set by renew(): the claim is not ours any more */
+    int lost;     /* set by renew(): the claim is not ours any more */
+    int inserted; /* internal: a new record made by the backend's batch
+                     insert (store.c, store_pg.c) */
 } warren__claim;
 
 /* Claims `n` deliveries in one write transaction (committed on return).
@@ -169,7 +181,11 @@ int warren__store_begin_within(warren__store *s, int64_t wait_ms);
 
 /* Outcome transaction. begin() opens BEGIN IMMEDIATE (no-op if open);
  * commit() makes every outcome recorded since durable per `synchronous`;
- * rollback() discards them. Handler savepoints nest inside it. */
+ * rollback() discards them. Handler savepoints nest inside it. If the
+ * connection is lost before the commit (a PostgreSQL restart), record(),
+ * commit() and claim_and_commit() record the transaction's outcomes again
+ * on a new connection, waiting up to 60 s for the server, unless a handler
+ * savepoint joined the transaction (its SQL cannot be replayed). */
 int warren__store_begin(warren__store *s);
 int warren__store_commit(warren__store *s);
 void warren__store_rollback(warren__store *s);
@@ -216,6 +232,42 @@ int warren__store_stats(warren__store *s,
                         void (*fn)(const char *queue, const char *state,
                                    int64_t rows, void *user),
                         void *user);
+
+/* One record whole, as `warren store export` writes it and `import` reads
+ * it back (backend-neutral: times in ms since the epoch, 0 for none). The
+ * strings are borrowed: valid during the callback (each) or the call (put);
+ * owner_host, last_error and crashed_reason may be NULL. */
+typedef struct {
+    const char *queue;
+    const char *id;
+    const char *state; /* processing, done, retrying, dead */
+    int attempts;
+    int deliveries;
+    const char *owner_host;
+    int owner_pid;
+    int64_t owner_token;
+    int64_t lease_until;
+    int64_t first_failed_at;
+    const char *last_error;
+    int64_t created_at;
+    int64_t updated_at;
+    int64_t replays;
+    const char *crashed_reason;
+} warren__store_entry;
+
+/* Calls `fn` for every record, in the order they were created, reading
+ * without a write lock. A non-zero return of `fn` stops the walk and is
+ * returned. Errors as elsewhere (the detail in errstr). */
+int warren__store_each(warren__store *s,
+                       int (*fn)(const warren__store_entry *r, void *user),
+                       void *user);
+
+/* Inserts `r` as it is inside the open transaction (begin() first), unless
+ * a record of its key exists: then nothing changes and *inserted is 0. A
+ * record that is not valid (unknown state, missing key, overlong id,
+ * attempts < 1) is WARREN_ERR_INVAL with the reason in errstr. */
+int warren__store_put(warren__store *s, const warren__store_entry *r,
+                      int *inserted);
 
 /* The connection, for the transactional inbox (warren_ctx_db); NULL if
  * the store is not SQLite. */

@@ -59,6 +59,11 @@ typedef struct warren__store_ops {
     /* A new record owned by us, or nothing if the key exists: *inserted. */
     int (*insert)(warren__store *s, const warren__claim *c, int64_t now_ms,
                   int *inserted);
+    /* Optional: the inserts of a whole batch in one statement, setting
+     * claims[i].inserted for each new record (the first entry of a key
+     * that is in the batch twice). NULL: insert() per claim. */
+    int (*insert_many)(warren__store *s, warren__claim *claims, size_t n,
+                       int64_t now_ms);
     /* Reads the record of the claim's key; *found 0 if there is none. */
     int (*read)(warren__store *s, const warren__claim *c, int64_t now_ms,
                 warren__store_row *row, int *found);
@@ -89,6 +94,15 @@ typedef struct warren__store_ops {
                  void (*fn)(const char *queue, const char *state, int64_t rows,
                             void *user),
                  void *user);
+    int (*each)(warren__store *s,
+                int (*fn)(const warren__store_entry *r, void *user),
+                void *user);
+    int (*put)(warren__store *s, const warren__store_entry *r,
+               int *inserted); /* inside an open transaction */
+    /* Optional: 1 if the connection to the database is gone (a server
+     * restart, a failover): the open transaction went with it, and
+     * store.c may replay its outcomes on a new one. NULL: never. */
+    int (*lost)(const warren__store *s);
     struct sqlite3 *(*db)(warren__store *s); /* NULL where not SQLite */
     struct pg_conn *(*pg)(warren__store *s); /* NULL where not PostgreSQL */
 } warren__store_ops;
@@ -106,6 +120,13 @@ struct warren__store {
     void *pid_alive_user;
     unsigned flags;
     char err[PATH_MAX + 512];
+    /* The outcomes recorded in the open transaction, to replay them on a
+     * new connection if the old one is lost before the commit (store.c).
+     * Off once a handler savepoint joined the transaction: a handler's own
+     * SQL cannot be replayed. */
+    struct warren__replay *replay;
+    size_t n_replay, cap_replay;
+    int replay_off;
 };
 
 extern const warren__store_ops warren__store_sqlite_ops;

@@ -707,6 +707,105 @@ static int lite_stats(warren__store *s,
     return 0;
 }
 
+/* The columns of a whole record, in warren__store_entry's order. */
+#define RECORD_COLUMNS                                                         \
+    "queue, id, state, attempts, deliveries, owner_host, owner_pid, "          \
+    "owner_token, lease_until, first_failed_at, last_error, created_at, "      \
+    "updated_at, replays, crashed_reason"
+
+static int lite_each(warren__store *s,
+                     int (*fn)(const warren__store_entry *r, void *user),
+                     void *user) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        lite(s)->db, "SELECT " RECORD_COLUMNS " FROM messages ORDER BY rowid",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return sql_fail(s, rc, "export");
+    }
+    int stop = 0;
+    while (stop == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        warren__store_entry r = {
+            .queue = (const char *)sqlite3_column_text(st, 0),
+            .id = (const char *)sqlite3_column_text(st, 1),
+            .state = (const char *)sqlite3_column_text(st, 2),
+            .attempts = sqlite3_column_int(st, 3),
+            .deliveries = sqlite3_column_int(st, 4),
+            .owner_host = (const char *)sqlite3_column_text(st, 5),
+            .owner_pid = sqlite3_column_int(st, 6),
+            .owner_token = sqlite3_column_int64(st, 7),
+            .lease_until = sqlite3_column_int64(st, 8),
+            .first_failed_at = sqlite3_column_int64(st, 9),
+            .last_error = (const char *)sqlite3_column_text(st, 10),
+            .created_at = sqlite3_column_int64(st, 11),
+            .updated_at = sqlite3_column_int64(st, 12),
+            .replays = sqlite3_column_int64(st, 13),
+            .crashed_reason = (const char *)sqlite3_column_text(st, 14),
+        };
+        stop = fn(&r, user);
+    }
+    sqlite3_finalize(st);
+    if (stop != 0) {
+        return stop;
+    }
+    if (rc != SQLITE_DONE) {
+        return sql_fail(s, rc, "export");
+    }
+    return 0;
+}
+
+static void bind_opt_text(sqlite3_stmt *st, int i, const char *t) {
+    if (t) {
+        sqlite3_bind_text(st, i, t, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, i);
+    }
+}
+
+static void bind_opt_int(sqlite3_stmt *st, int i, int64_t v) {
+    if (v != 0) {
+        sqlite3_bind_int64(st, i, v);
+    } else {
+        sqlite3_bind_null(st, i);
+    }
+}
+
+static int lite_put(warren__store *s, const warren__store_entry *r,
+                    int *inserted) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        lite(s)->db,
+        "INSERT INTO messages(" RECORD_COLUMNS ") VALUES(?1, ?2, ?3, ?4, ?5, "
+        "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return sql_fail(s, rc, "import");
+    }
+    bind_key(st, r->queue, r->id);
+    sqlite3_bind_text(st, 3, r->state, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, r->attempts);
+    sqlite3_bind_int(st, 5, r->deliveries);
+    bind_opt_text(st, 6, r->owner_host);
+    bind_opt_int(st, 7, r->owner_pid);
+    bind_opt_int(st, 8, r->owner_token);
+    sqlite3_bind_int64(st, 9, r->lease_until);
+    bind_opt_int(st, 10, r->first_failed_at);
+    bind_opt_text(st, 11, r->last_error);
+    sqlite3_bind_int64(st, 12, r->created_at);
+    sqlite3_bind_int64(st, 13, r->updated_at);
+    sqlite3_bind_int64(st, 14, r->replays);
+    bind_opt_text(st, 15, r->crashed_reason);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return sql_fail(s, rc, "import");
+    }
+    *inserted = changes(s) == 1;
+    return 0;
+}
+
 static struct sqlite3 *lite_db(warren__store *s) {
     return lite(s)->db;
 }
@@ -734,6 +833,8 @@ const warren__store_ops warren__store_sqlite_ops = {
     .lookup = lite_lookup,
     .delete_key = lite_delete_key,
     .stats = lite_stats,
+    .each = lite_each,
+    .put = lite_put,
     .db = lite_db,
     .pg = NULL,
 };

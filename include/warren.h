@@ -278,8 +278,20 @@ struct sqlite3;
  * INSERT OR ROLLBACK conflict, SQLite's own rollback on a full disk or an
  * I/O error) loses the writes, and the message is then retried, never
  * recorded done. NULL if the message runs without dedup or the store is
- * disabled. */
+ * disabled, or if the store is PostgreSQL (see warren_ctx_pg). */
 WARREN_API struct sqlite3 *warren_ctx_db(warren_ctx *ctx);
+
+struct pg_conn;
+/* The same for a PostgreSQL store (store.url): libpq's connection (cast to
+ * PGconn *; `struct pg_conn` is libpq's own tag, so this header needs no
+ * libpq headers), inside a SAVEPOINT of this message's outcome transaction:
+ * on WARREN_ACK the handler's rows commit with the "done" record, otherwise
+ * they roll back. A statement that fails aborts that transaction: the
+ * message is then retried, never recorded done. Borrowed until the handler
+ * returns; never close it, never COMMIT/ROLLBACK/BEGIN on it. NULL if the
+ * message runs without dedup, the store is SQLite (see warren_ctx_db), or
+ * the transaction cannot begin. */
+WARREN_API struct pg_conn *warren_ctx_pg(warren_ctx *ctx);
 
 /* A plugin (.so loaded by "plugin:PATH.so:SYMBOL") must contain this once,
  * at file scope. warren refuses plugins built against another ABI.

@@ -59,5 +59,6 @@ warren_need_packages() {
 
 # The packages a build and a full test run need.
 WARREN_PACKAGES=(cmake gcc make pkg-config librabbitmq-dev libsqlite3-dev
-    libcjson-dev libcmocka-dev libssl-dev libmicrohttpd-dev rabbitmq-server
+    libcjson-dev libcmocka-dev libssl-dev libmicrohttpd-dev libpq-dev
+    postgresql-15 rabbitmq-server
     amqp-tools iproute2 valgrind iptables)

@@ -1,16 +1,18 @@
 /*
  * ledger.c - the transactional-inbox example: a plugin that applies
  * payments {"account":"A","amount":123} to account balances kept in warren's
- * own store, through warren_ctx_db(ctx).
+ * own store, through warren_ctx_db(ctx) on a SQLite store or
+ * warren_ctx_pg(ctx) on a PostgreSQL one (store.url).
  *
  * Its writes share the savepoint of the message's "done" record, so a
  * balance changes exactly once per message id, across duplicates, retries
  * and killed workers. Load it with "plugin:build/examples/ledger.so:ledger".
  * LEDGER_FAIL_EVERY=N makes every Nth call return RETRY after writing, to
- * show that warren rolls those writes back. It uses only sqlite3's header:
- * the symbols come from the process that loads it.
+ * show that warren rolls those writes back. It uses only sqlite3's and
+ * libpq's headers: the symbols come from the process that loads it.
  */
 #include <errno.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,27 +134,57 @@ static int run(sqlite3 *db, const char *sql, const char *const *texts, int n,
     return rc == SQLITE_ROW ? SQLITE_DONE : rc;
 }
 
-warren_result ledger(const warren_msg *msg, warren_ctx *ctx, void *user) {
-    ledger_state *s = user;
-    char account[ACCOUNT_MAX + 1];
-    long long amount;
-    const char *id = warren_msg_id(msg);
-    const char *queue = warren_msg_queue(msg);
-
-    s->calls++;
-    if (parse(msg, account, &amount) != 0) {
-        warren_ctx_set_error(ctx, "ledger: expected a body like "
-                                  "{\"account\":\"A\",\"amount\":123}");
-        return WARREN_DEAD;
+/* Runs `sql` with `n` text parameters $1..$n on PostgreSQL; 0 on success,
+ * else -1 with the server's message in the context. */
+static int run_pg(PGconn *pg, warren_ctx *ctx, const char *sql,
+                  const char *const *texts, int n) {
+    PGresult *r = PQexecParams(pg, sql, n, NULL, texts, NULL, NULL, 0);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        warren_ctx_set_error(ctx, "ledger: postgresql: %s", PQerrorMessage(pg));
+        return -1;
     }
-    sqlite3 *db = warren_ctx_db(ctx);
-    if (db == NULL || id == NULL) {
-        /* No store, or it is busy: the message cannot be applied exactly
-         * once now. Retrying keeps it; max_attempts bounds the loop. */
-        warren_ctx_set_error(ctx, "ledger: no store database (needs the "
-                                  "store and a message id policy)");
+    return 0;
+}
+
+/* The same three statements in PostgreSQL's words. A failed statement
+ * aborts the message's transaction: warren then retries the message. */
+static warren_result apply_pg(PGconn *pg, warren_ctx *ctx, const char *queue,
+                              const char *id, const char *account,
+                              long long amount) {
+    char num[32];
+    snprintf(num, sizeof num, "%lld", amount);
+    static const char *const ddl[] = {
+        "CREATE TABLE IF NOT EXISTS ledger_balances(account text PRIMARY "
+        "KEY, balance bigint NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS ledger_log(queue text NOT NULL, id "
+        "text NOT NULL, account text NOT NULL, amount bigint NOT NULL)",
+    };
+    for (size_t i = 0; i < sizeof ddl / sizeof ddl[0]; i++) {
+        if (run_pg(pg, ctx, ddl[i], NULL, 0) != 0) {
+            return WARREN_RETRY;
+        }
+    }
+    const char *log_args[] = {queue ? queue : "", id, account, num};
+    if (run_pg(pg, ctx,
+               "INSERT INTO ledger_log(queue, id, account, amount) "
+               "VALUES($1, $2, $3, $4)",
+               log_args, 4) != 0 ||
+        run_pg(pg, ctx,
+               "INSERT INTO ledger_balances(account, balance) VALUES($1, $2) "
+               "ON CONFLICT(account) DO UPDATE SET "
+               "balance = ledger_balances.balance + excluded.balance",
+               (const char *const[]){account, num}, 2) != 0) {
         return WARREN_RETRY;
     }
+    return WARREN_ACK;
+}
+
+/* The three statements on SQLite: ACK, or RETRY with the reason set. */
+static warren_result apply_sqlite(sqlite3 *db, warren_ctx *ctx,
+                                  const char *queue, const char *id,
+                                  const char *account, long long amount) {
     /* Created lazily: init has no database, and DDL in a savepoint that is
      * rolled back is rolled back too, so it is checked every time. */
     static const char *const ddl[] = {
@@ -182,16 +214,44 @@ warren_result ledger(const warren_msg *msg, warren_ctx *ctx, void *user) {
             (const char *const[]){account}, 1, &amount) != SQLITE_DONE) {
         goto sql_error;
     }
-    if (s->fail_every > 0 && s->calls % s->fail_every == 0) {
+    return WARREN_ACK;
+
+sql_error:
+    warren_ctx_set_error(ctx, "ledger: sqlite: %s", sqlite3_errmsg(db));
+    return WARREN_RETRY;
+}
+
+warren_result ledger(const warren_msg *msg, warren_ctx *ctx, void *user) {
+    ledger_state *s = user;
+    char account[ACCOUNT_MAX + 1];
+    long long amount;
+    const char *id = warren_msg_id(msg);
+    const char *queue = warren_msg_queue(msg);
+
+    s->calls++;
+    if (parse(msg, account, &amount) != 0) {
+        warren_ctx_set_error(ctx, "ledger: expected a body like "
+                                  "{\"account\":\"A\",\"amount\":123}");
+        return WARREN_DEAD;
+    }
+    /* The store's own connection, whichever backend it is. */
+    PGconn *pg = id ? (PGconn *)warren_ctx_pg(ctx) : NULL;
+    sqlite3 *db = pg ? NULL : warren_ctx_db(ctx);
+    if ((pg == NULL && db == NULL) || id == NULL) {
+        /* No store, or it is busy: the message cannot be applied exactly
+         * once now. Retrying keeps it; max_attempts bounds the loop. */
+        warren_ctx_set_error(ctx, "ledger: no store database (needs the "
+                                  "store and a message id policy)");
+        return WARREN_RETRY;
+    }
+    warren_result r = pg ? apply_pg(pg, ctx, queue, id, account, amount)
+                         : apply_sqlite(db, ctx, queue, id, account, amount);
+    if (r == WARREN_ACK && s->fail_every > 0 && s->calls % s->fail_every == 0) {
         warren_ctx_set_error(ctx,
                              "ledger: LEDGER_FAIL_EVERY=%ld: failing call %ld "
                              "after writing (warren rolls it back)",
                              s->fail_every, s->calls);
         return WARREN_RETRY;
     }
-    return WARREN_ACK;
-
-sql_error:
-    warren_ctx_set_error(ctx, "ledger: sqlite: %s", sqlite3_errmsg(db));
-    return WARREN_RETRY;
+    return r;
 }

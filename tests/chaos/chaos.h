@@ -75,6 +75,10 @@ typedef struct chaos_run {
      * consumer saw were removed by the scenario itself (a deleted queue):
      * counted as "dropped by the operator", not lost. 0: no window. */
     int64_t excuse_from_ms, excuse_to_ms;
+    /* Exec effect lines [excuse_exec_from, excuse_exec_to) (0-based, in the
+     * order written) ran while the store could not record outcomes: a
+     * second run of those ids is at-least-once like one after a crash. */
+    long excuse_exec_from, excuse_exec_to;
     char note[256]; /* printed in the row's last column */
     long good_dead; /* set by chaos_check: good ids only dead-lettered */
 } chaos_run;
@@ -125,6 +129,11 @@ long chaos_host_log_count(chaos_run *r, int host, const char *needle);
  * its first column of its first row; the table is `messages` on SQLite and
  * `warren_messages` on PostgreSQL: write "%s" for it. -1 on error. */
 long long chaos_store_count(chaos_run *r, const char *sql, const char *param);
+
+/* Runs the shell command `cmd` (the test's own constants only), its stdout
+ * in `out` (may be NULL; truncated to outlen - 1). Returns its exit status
+ * (-1 if it could not run). */
+int chaos_sh(const char *cmd, char *out, size_t outlen);
 
 /* Runs `scripts/broker ctl --name $WARREN_BROKER_NAME -- ARGS...` (argv
  * NULL-terminated) with its output in `out` (may be NULL). Returns its exit

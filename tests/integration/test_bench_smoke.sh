@@ -20,14 +20,21 @@ fail() {
     exit 1
 }
 
-BENCH_URL=$WARREN_TEST_URL timeout 55 "$WARREN_SOURCE_DIR/bench/run" \
+# The PostgreSQL variants (when this warren has that store) use the suites'
+# server, or start one of their own.
+BENCH_URL=$WARREN_TEST_URL BENCH_PG_URL=${WARREN_TEST_PG_URL:-} \
+    timeout 75 "$WARREN_SOURCE_DIR/bench/run" \
     --no-build --build-dir "$WARREN_BUILD_DIR" --n 2000 --rounds 1 \
     --retry-n 200 --latency-s 1 --mem-n 2000 --dlq-n 200 \
     --json "$tmp/out.json" >"$tmp/out.txt" 2>&1 ||
     fail "bench/run exited with $?"
 
-for v in raw-ack raw-noack warren-full warren-normal warren-nodedup \
-    warren-retry warren-2w warren-4w; do
+variants=(raw-ack raw-noack warren-full warren-normal warren-nodedup
+    warren-retry warren-2w warren-4w)
+if "$WARREN_BUILD_DIR/bin/warren" help store 2>/dev/null | grep -q 'store migrate'; then
+    variants+=(warren-pg warren-pg-3h)
+fi
+for v in "${variants[@]}"; do
     grep -Eq "^$v +[1-9][0-9]* +[0-9.]+$" "$tmp/out.txt" ||
         fail "no positive rate for variant $v in the table"
 done

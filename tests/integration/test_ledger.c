@@ -4,10 +4,14 @@
  * carries duplicates, the plugin fails every 7th call after writing (so
  * warren must roll those writes back), and a worker is SIGKILLed mid-run.
  * Every balance must come out exactly right and every payment must have
- * been applied exactly once.
+ * been applied exactly once. Run on a SQLite store, and on a PostgreSQL
+ * store (warren_ctx_pg) when WARREN_TEST_PG_URL names a server.
  */
 #include "itest.h"
 
+#include "../pg_fixture.h"
+
+#include <libpq-fe.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -28,8 +32,35 @@ typedef struct {
     const char *log; /* the run's debug log */
 } cond_arg;
 
+/* One integer from PostgreSQL, -1 if the table is not there yet. The
+ * queries name SQLite's table; PostgreSQL's is warren_messages. */
+static long long query_pg(const char *url, const char *sql) {
+    char q[512];
+    const char *m = strstr(sql, "FROM messages");
+    if (m) {
+        snprintf(q, sizeof q, "%.*sFROM warren_messages%s", (int)(m - sql), sql,
+                 m + strlen("FROM messages"));
+        sql = q;
+    }
+    long long v = -1;
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) == CONNECTION_OK) {
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+            !PQgetisnull(r, 0, 0)) {
+            v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        }
+        PQclear(r);
+    }
+    PQfinish(c);
+    return v;
+}
+
 /* One integer from a read-only query, -1 if the table is not there yet. */
 static long long query_ll(const char *db_path, const char *sql) {
+    if (strncmp(db_path, "postgresql://", 13) == 0) {
+        return query_pg(db_path, sql);
+    }
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     long long v = -1;
@@ -78,25 +109,23 @@ static pid_t first_child(pid_t pid) {
     return child > 0 ? (pid_t)child : -1;
 }
 
-static void
-test_ledger_balances_exact_under_duplicates_retries_and_kill(void **state) {
-    (void)state;
-    char *dir = itest_tmpdir();
-    char queue[96], cfg[512], log[512], db[512], text[2048], plugin[512];
+/* The run on the store `db` (a file, or a postgresql:// URL). */
+static void run_ledger(const char *dir, const char *db) {
+    char queue[96], cfg[512], log[512], text[3072], plugin[512];
     snprintf(queue, sizeof queue, "it.ledger.%d", (int)getpid());
     snprintf(cfg, sizeof cfg, "%s/warren.json", dir);
     snprintf(log, sizeof log, "%s/warren.log", dir);
-    snprintf(db, sizeof db, "%s/warren.db", dir);
     snprintf(plugin, sizeof plugin, "%s/examples/ledger.so",
              getenv("WARREN_BUILD_DIR"));
     snprintf(text, sizeof text,
-             "{\"store\": {\"path\": \"%s\"},\n"
+             "{\"store\": {\"%s\": \"%s\"},\n"
              " \"consumers\": [{\"queue\": \"%s\",\n"
              "   \"handler\": \"plugin:%s:ledger\", \"workers\": 2,\n"
              "   \"prefetch\": 50, \"batch_max\": 25,\n"
              "   \"retry\": {\"max_attempts\": 10, \"jitter\": 0,\n"
              "     \"backoff\": {\"kind\": \"fixed\", \"delay_ms\": 100}}}]}\n",
-             db, queue, plugin);
+             strncmp(db, "postgresql://", 13) == 0 ? "url" : "path", db, queue,
+             plugin);
     itest_write_file(cfg, text);
     setenv("LEDGER_FAIL_EVERY", "7", 1);
 
@@ -178,6 +207,28 @@ test_ledger_balances_exact_under_duplicates_retries_and_kill(void **state) {
     assert_int_equal(itest_queue_depth(c, dlq), 0);
     itest_queue_delete(c, dlq);
     itest_disconnect(c);
+}
+
+static void
+test_ledger_balances_exact_under_duplicates_retries_and_kill(void **state) {
+    (void)state;
+    char *dir = itest_tmpdir();
+    char db[512];
+    snprintf(db, sizeof db, "%s/warren.db", dir);
+    run_ledger(dir, db);
+    itest_rmtree(dir);
+    free(dir);
+}
+
+/* The same on PostgreSQL, in a fresh schema of the test server. */
+static void test_ledger_on_postgresql_balances_exact(void **state) {
+    (void)state;
+    char db[1200];
+    if (pg_fresh_schema("wt_ledger", db, sizeof db) != 0) {
+        skip();
+    }
+    char *dir = itest_tmpdir();
+    run_ledger(dir, db);
     itest_rmtree(dir);
     free(dir);
 }
@@ -186,6 +237,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
             test_ledger_balances_exact_under_duplicates_retries_and_kill),
+        cmocka_unit_test(test_ledger_on_postgresql_balances_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,10 +7,14 @@
  * id that is `done` stays a duplicate whatever x-warren-replays a message
  * claims. And a store file that does not exist is an error for `warren
  * dlq replay`, `warren status` and `warren store` (exit 2, the file named),
- * not a new empty store.
+ * not a new empty store. The replay and the commands also work on a
+ * PostgreSQL store (store.url), when WARREN_TEST_PG_URL names a server.
  */
 #include "itest.h"
 
+#include "../pg_fixture.h"
+
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,12 +378,89 @@ static void test_missing_store_is_an_error_not_a_new_file(void **state) {
     itest_queue_purge(g.conn, g.dlq);
 }
 
+/* The state of (q, id) in the PostgreSQL store at `url`, "" if none. */
+static void pg_record_state(const char *url, const char *id, char *out,
+                            size_t len) {
+    out[0] = '\0';
+    PGconn *c = PQconnectdb(url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    const char *v[] = {g.q, id};
+    PGresult *r = PQexecParams(c,
+                               "SELECT state FROM warren_messages "
+                               "WHERE queue = $1 AND id = $2",
+                               2, NULL, v, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    if (PQntuples(r) == 1) {
+        snprintf(out, len, "%s", PQgetvalue(r, 0, 0));
+    }
+    PQclear(r);
+    PQfinish(c);
+}
+
+/* On PostgreSQL: a message dies, `warren dlq replay` (looking at the same
+ * database for ids being processed) republishes it, and the replayed copy
+ * runs exactly once; `warren status` and `warren store stats` read the
+ * database's records. */
+static void test_replay_on_postgresql_runs_the_message_once(void **state) {
+    (void)state;
+    char url[1200], cfg[600], text[2400], st[32];
+    if (pg_fresh_schema("wt_replay", url, sizeof url) != 0) {
+        skip();
+    }
+    snprintf(cfg, sizeof cfg, "%s/pg.json", g.dir);
+    snprintf(text, sizeof text,
+             "{\"store\": {\"url\": \"%s\"}, \"consumers\": ["
+             "{\"queue\": \"%s\", \"handler\": \"exec:%s\", \"retry\": "
+             "{\"max_attempts\": 1}}]}",
+             url, g.q, g.script);
+    itest_write_file(cfg, text);
+    unlink(g.fixed);
+    unlink(g.ran);
+    unlink(g.log);
+    itest_queue_purge(g.conn, g.dlq);
+    itest_publish(g.conn, "", g.q, "r-pg", "{\"n\":9}", 7);
+    const char *run[] = {"run", "-c", cfg, "--log-level", "debug", NULL};
+    pid_t w = itest_spawn_warren(run, g.log);
+    depth_arg a = {g.dlq, 1};
+    int dead = itest_wait_until(depth_is, &a, 30);
+    stop_worker(w);
+    assert_true(dead);
+    pg_record_state(url, "r-pg", st, sizeof st);
+    assert_string_equal(st, "dead");
+
+    const char *stats[] = {"store", "stats", "-c", cfg, NULL};
+    assert_int_equal(run_warren(stats), 0);
+    assert_true(out_has("(postgresql)"));
+    assert_true(out_has("dead"));
+    const char *status[] = {"status", "-c", cfg, NULL};
+    assert_int_equal(run_warren(status), 0);
+    assert_true(out_has("dead 1"));
+
+    itest_write_file(g.fixed, "");
+    const char *replay[] = {"dlq", "replay", "-c",    cfg, "--queue",
+                            g.q,   "--all",  "--yes", NULL};
+    assert_int_equal(run_warren(replay), 0);
+    assert_true(out_has("replayed 1, skipped 0, failed 0"));
+    unlink(g.log);
+    w = itest_spawn_warren(run, g.log);
+    long one = 1;
+    int settled = itest_wait_until(settled_at_least, &one, 30);
+    stop_worker(w);
+    assert_true(settled);
+    assert_int_equal(itest_count_lines(g.ran), 1);
+    assert_int_equal(itest_queue_depth(g.conn, g.q), 0);
+    assert_int_equal(itest_queue_depth(g.conn, g.dlq), 0);
+    pg_record_state(url, "r-pg", st, sizeof st);
+    assert_string_equal(st, "done");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replay_from_another_store_runs_the_message_once),
         cmocka_unit_test(test_same_generation_copy_of_dead_id_is_not_run),
         cmocka_unit_test(test_stale_leftover_letter_does_not_rerun_the_id),
         cmocka_unit_test(test_missing_store_is_an_error_not_a_new_file),
+        cmocka_unit_test(test_replay_on_postgresql_runs_the_message_once),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

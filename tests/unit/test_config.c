@@ -305,8 +305,40 @@ static void test_unknown_key_without_near_miss_lists_known_keys(void **state) {
     (void)state;
     assert_string_equal(parse_err("{\"store\":{\"zzzzzz\":1}}"),
                         "t.json: store.zzzzzz: expected a known key (path, "
-                        "synchronous, retention_s, busy_timeout_ms, lease_s), "
-                        "got unknown key \"zzzzzz\"");
+                        "synchronous, retention_s, busy_timeout_ms, lease_s, "
+                        "url), got unknown key \"zzzzzz\"");
+}
+
+/* store.url names a PostgreSQL store; with it, path is not defaulted, and
+ * the two together, another scheme or a password in the URL are refused
+ * naming the field. */
+static void
+test_store_url_is_postgresql_alone_and_without_password(void **state) {
+    (void)state;
+    warren_config *cfg = parse_ok(
+        "{\"store\":{\"url\":\"postgresql://w@127.0.0.1:5432/warren\"},"
+        "\"consumers\":[{\"queue\":\"q\",\"handler\":\"builtin:noop\"}]}");
+    assert_string_equal(cfg->store.url, "postgresql://w@127.0.0.1:5432/warren");
+    assert_null(cfg->store.path);
+    warren_config_free(cfg);
+    assert_string_equal(
+        parse_err("{\"store\":{\"path\":\"a.db\",\"url\":"
+                  "\"postgresql://w@h/d\"}}"),
+        "t.json: store.url: store.path and store.url both given: path is a "
+        "SQLite file, url a PostgreSQL database; keep one");
+    assert_string_equal(
+        parse_err("{\"store\":{\"url\":\"mysql://w@h/d\"}}"),
+        "t.json: store.url: expected a postgresql://user@host:port/database "
+        "URL");
+    const char *err =
+        parse_err("{\"store\":{\"url\":\"postgresql://w:hunter2@h/d\"}}");
+    assert_non_null(strstr(err, "t.json: store.url: a password in the URL is "
+                                "not allowed"));
+    assert_null(strstr(err, "hunter2"));
+    err = parse_err(
+        "{\"store\":{\"url\":\"postgresql://w@h/d?password=hunter2\"}}");
+    assert_non_null(strstr(err, "a password in the URL is not allowed"));
+    assert_null(strstr(err, "hunter2"));
 }
 
 static void test_backoff_keys_of_another_kind_are_unknown(void **state) {
@@ -803,6 +835,8 @@ int main(void) {
         cmocka_unit_test(test_issue_example_parses_with_every_default),
         cmocka_unit_test(test_shipped_example_loads),
         cmocka_unit_test(test_empty_config_defaults_store_path_and_url),
+        cmocka_unit_test(
+            test_store_url_is_postgresql_alone_and_without_password),
         cmocka_unit_test(test_every_field_is_read),
         cmocka_unit_test(test_unreadable_file_is_refused_with_strerror),
         cmocka_unit_test(test_file_over_1mib_is_refused),

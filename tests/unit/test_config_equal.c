@@ -49,7 +49,7 @@ static void test_struct_sizes_are_those_the_comparison_covers(void **state) {
      * case below), then update the size here. */
     assert_int_equal(sizeof(warren__consumer_cfg), 248);
     assert_int_equal(sizeof(((warren_config *)0)->broker), 64);
-    assert_int_equal(sizeof(((warren_config *)0)->store), 24);
+    assert_int_equal(sizeof(((warren_config *)0)->store), 32);
 #else
     skip();
 #endif
@@ -141,6 +141,7 @@ static void test_each_broker_and_store_change_is_seen(void **state) {
         "\"broker\": {\"tls\": {\"verify_peer\": false}},",
         "\"broker\": {\"tls\": {\"verify_hostname\": false}},",
         "\"store\": {\"path\": \"other.db\"},",
+        "\"store\": {\"url\": \"postgresql://w@127.0.0.1/other\"},",
         "\"store\": {\"synchronous\": \"normal\"},",
         "\"store\": {\"retention_s\": 60},",
         "\"store\": {\"busy_timeout_ms\": 100},",

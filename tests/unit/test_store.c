@@ -1,10 +1,16 @@
 /*
- * test_store.c - unit tests of the SQLite message store (consumer/store.c).
+ * test_store.c - unit tests of the message store (consumer/store.c) on the
+ * SQLite backend, and (built again with WARREN_TEST_PG as
+ * unit_test_store_on_pg) the cases whose behaviour is the same on the
+ * PostgreSQL backend, against the server WARREN_TEST_PG_URL names.
  *
- * Each test works on a fresh database in its own temporary directory and
- * checks one claim: the state machine (legal and illegal transitions, also
- * straight in SQL), leases and takeover, poison detection, retention, file
- * modes, and the faults a store must survive with a clear error.
+ * Each test works on a fresh database in its own temporary directory (on
+ * PostgreSQL: a fresh schema) and checks one claim: the state machine
+ * (legal and illegal transitions, also straight in SQL), leases and
+ * takeover, poison detection, retention, file modes, and the faults a store
+ * must survive with a clear error. On PostgreSQL the tests bring their own
+ * clock (WARREN__STORE_F_CALLER_CLOCK) like SQLite's; test_store_pg.c checks
+ * the database clock itself.
  */
 #include "store.h"
 #include "warren.h"
@@ -15,6 +21,12 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+
+#ifdef WARREN_TEST_PG
+#include "../pg_fixture.h"
+/* The SQLite-only cases are compiled but not run here. */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,8 +45,8 @@
 
 typedef struct {
     char dir[64];
-    char path[128];
-    int dead_pid; /* the pid_alive seam reports this pid as dead */
+    char path[1024]; /* the file; on PostgreSQL the URL */
+    int dead_pid;    /* the pid_alive seam reports this pid as dead */
     int pid_alive_calls;
     warren__store *a; /* host-a, pid 1000 */
     warren__store *b; /* host-a, pid 2000 */
@@ -63,7 +75,12 @@ static warren__store *open_as(fixture *f, const char *host, int pid) {
     warren__store_opts o = opts_for(f, host, pid);
     warren__store *s = NULL;
     char err[512];
+#ifdef WARREN_TEST_PG
+    o.flags |= WARREN__STORE_F_CALLER_CLOCK;
+    int rc = warren__store_open_url(f->path, &o, &s, err, sizeof err);
+#else
     int rc = warren__store_open(f->path, &o, &s, err, sizeof err);
+#endif
     if (rc != 0) {
         fail_msg("open %s: %s", f->path, err);
     }
@@ -77,6 +94,10 @@ static int setup(void **state) {
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/store.db", f->dir);
     f->dead_pid = -1;
+#ifdef WARREN_TEST_PG
+    /* A fresh schema per test, on the search path of every connection. */
+    assert_int_equal(pg_fresh_schema("wt_store", f->path, sizeof f->path), 0);
+#endif
     *state = f;
     return 0;
 }
@@ -150,6 +171,40 @@ static int record1(warren__store *s, const char *id, warren__outcome_kind k,
     return warren__store_commit(s);
 }
 
+#ifdef WARREN_TEST_PG
+/* Reads one integer with a fresh connection: proof of what is committed.
+ * The tests name SQLite's table; PostgreSQL's is warren_messages. */
+static int64_t sql_int(const char *url, const char *sql) {
+    char q[1024], q2[1024];
+    const char *blob = strstr(sql, "length(CAST(last_error AS BLOB))");
+    if (blob) {
+        snprintf(q2, sizeof q2, "%.*soctet_length(last_error)%s",
+                 (int)(blob - sql), sql,
+                 blob + strlen("length(CAST(last_error AS BLOB))"));
+        sql = q2;
+    }
+    const char *m = strstr(sql, "FROM messages");
+    if (m) {
+        snprintf(q, sizeof q, "%.*sFROM warren_messages%s", (int)(m - sql), sql,
+                 m + strlen("FROM messages"));
+        sql = q;
+    }
+    PGconn *c = PQconnectdb(url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    }
+    int64_t v = -1;
+    if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)) {
+        const char *t = PQgetvalue(r, 0, 0);
+        v = strcmp(t, "t") == 0 ? 1 : strcmp(t, "f") == 0 ? 0 : atoll(t);
+    }
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+#else
 /* Reads one integer with a fresh connection: proof of what is committed. */
 static int64_t sql_int(const char *path, const char *sql) {
     sqlite3 *db = NULL;
@@ -165,6 +220,7 @@ static int64_t sql_int(const char *path, const char *sql) {
     sqlite3_close(db);
     return v;
 }
+#endif
 
 static void assert_state(fixture *f, const char *id, const char *state) {
     char sql[256];
@@ -1412,8 +1468,21 @@ static void test_close_null_is_noop_and_path_is_kept(void **state) {
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+/* S: SQLite only (files, PRAGMAs, SQLite's own faults); test_store_pg.c
+ * covers PostgreSQL's counterparts. */
+#ifdef WARREN_TEST_PG
+#define S(fn)
+#else
+#define S(fn) T(fn),
+#endif
 
 int main(void) {
+#ifdef WARREN_TEST_PG
+    if (getenv("WARREN_TEST_PG_URL") == NULL) {
+        printf(PG_SKIP_MESSAGE);
+        return 77;
+    }
+#endif
     const struct CMUnitTest tests[] = {
         T(test_first_claim_runs_attempt_one_and_is_committed),
         T(test_done_id_is_duplicate),
@@ -1440,37 +1509,36 @@ int main(void) {
         T(test_record_of_unclaimed_id_is_not_found),
         T(test_record_outside_transaction_is_refused),
         T(test_second_outcome_is_illegal_transition),
-        T(test_trigger_refuses_illegal_transitions_in_sql),
-        T(test_prune_deletes_only_old_done_and_dead),
-        T(test_prune_keeps_file_size_bounded),
-        T(test_files_are_mode_0600_whatever_the_umask),
-        T(test_newer_schema_version_is_refused),
-        T(test_existing_store_opens_without_migration),
-        T(test_v1_store_is_migrated_to_v2_keeping_records),
-        T(test_replayed_copy_of_dead_id_runs_afresh),
+        S(test_trigger_refuses_illegal_transitions_in_sql)
+            T(test_prune_deletes_only_old_done_and_dead),
+        S(test_prune_keeps_file_size_bounded)
+            S(test_files_are_mode_0600_whatever_the_umask)
+                S(test_newer_schema_version_is_refused)
+                    S(test_existing_store_opens_without_migration)
+                        S(test_v1_store_is_migrated_to_v2_keeping_records)
+                            T(test_replayed_copy_of_dead_id_runs_afresh),
         T(test_replayed_dead_id_twice_in_one_batch_runs_once),
-        T(test_trigger_lets_dead_out_only_for_a_later_generation),
-        T(test_must_exist_refuses_a_missing_file_and_creates_nothing),
-        T(test_garbage_file_is_refused_as_corrupt),
-        T(test_damaged_database_is_refused_as_corrupt),
-        T(test_read_only_file_is_refused),
-        T(test_read_only_directory_is_refused),
-        T(test_missing_directory_is_refused),
-        T(test_disk_full_is_store_full_and_commits_nothing),
-        T(test_disk_full_during_outcomes_commits_nothing),
-        T(test_locked_store_is_store_busy_and_claims_nothing),
-        T(test_handler_writes_commit_with_done_and_roll_back_on_failure),
-        T(test_rollback_discards_outcomes),
+        S(test_trigger_lets_dead_out_only_for_a_later_generation) S(
+            test_must_exist_refuses_a_missing_file_and_creates_nothing)
+            S(test_garbage_file_is_refused_as_corrupt) S(
+                test_damaged_database_is_refused_as_corrupt)
+                S(test_read_only_file_is_refused) S(
+                    test_read_only_directory_is_refused)
+                    S(test_missing_directory_is_refused) S(
+                        test_disk_full_is_store_full_and_commits_nothing)
+                        S(test_disk_full_during_outcomes_commits_nothing) S(
+                            test_locked_store_is_store_busy_and_claims_nothing)
+                            S(test_handler_writes_commit_with_done_and_roll_back_on_failure)
+                                T(test_rollback_discards_outcomes),
         T(test_claim_inside_open_transaction_is_refused),
         T(test_claim_and_commit_makes_outcomes_and_claims_durable),
-        T(test_claim_and_commit_failure_rolls_back_outcomes_too),
-        T(test_claim_and_commit_sees_previous_batch_outcome_as_duplicate),
-        T(test_overlong_id_is_refused),
+        S(test_claim_and_commit_failure_rolls_back_outcomes_too)
+            S(test_claim_and_commit_sees_previous_batch_outcome_as_duplicate)
+                T(test_overlong_id_is_refused),
         T(test_last_error_is_truncated_to_field_at_utf8_boundary),
         T(test_forget_lets_an_id_run_again),
         T(test_busy_many_reports_only_live_claims),
         T(test_stats_counts_rows_per_queue_and_state),
-        T(test_close_null_is_noop_and_path_is_kept),
-    };
+        S(test_close_null_is_noop_and_path_is_kept)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
